@@ -1,0 +1,196 @@
+"""Kernel profiles: named, frozen sets of behaviour switches (like Kconfig).
+
+Model code asks ``cfg.DIO_FOLL_PIN``, never a version number. Every switch names the kernel
+commit or patch it stands for, in the fixed form of STYLE.md. Three profiles exist:
+
+* ``5.9``     -- Linux 5.9 (final), before the series: Direct I/O takes FOLL_GET references.
+* ``5.9-pin`` -- 5.9 plus "[PATCH v3 0/3] bio: Direct IO: convert to pin_user_pages_fast()"
+  (John Hubbard, Aug 2020): the system dioscope implements, and the default.
+* ``6.18``    -- current upstream, what the host runs.
+
+A variant for an experiment is made with :meth:`Profile.derive`; it keeps its parent's name
+with a ``+`` suffix so a report never passes a variant off as a real kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "DEFAULT_PROFILE",
+    "PROFILES",
+        "Profile",
+    "get_profile",
+    "switch_docs",
+]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One kernel's behaviour switches. Field docs cite the change each switch stands for."""
+
+    name: str
+
+    # --- mm/gup: pin accounting ------------------------------------------------------------
+    FOLL_PIN_ACCOUNTING: bool = True
+    """GUP_PIN_COUNTING_BIAS, exact pincount on large folios, nr_foll_pin_* vmstat.
+    Linux commit 3faa52c03f44 ("mm/gup: track FOLL_PIN pages") and 1970dc6f5226
+    ("mm/gup: /proc/vmstat: pin_user_pages (FOLL_PIN) reporting") (v5.7)."""
+
+    PINCOUNT_ANY_LARGE_FOLIO: bool = False
+    """Every large folio (order >= 1) keeps an exact pincount. False: only compound pages of
+    order > 1 do (``hpage_pincount_available``, v5.7..v5.17) and an order-1 page falls back
+    to the 1024 bias. Linux commit 5232c63f46fd ("mm: Make compound_pincount always
+    available") (v5.18); on 32-bit 31a31da8a618 ("mm: move _pincount in folio to page[2] on
+    32bit") (v6.15) restricted it to order > 1 again (``folio_has_pincount()``)."""
+
+    ZERO_PAGE_NEVER_PINNED: bool = False
+    """The shared 4 KiB zero page is returned unpinned by GUP and ignored by unpin; neither
+    is counted in vmstat. The huge zero folio is *not* exempt. Linux commit c8070b787519
+    ("mm: Don't pin ZERO_PAGE in pin_user_pages()") (v6.5)."""
+
+    FOLIO_ADD_PIN: bool = False
+    """``folio_add_pin()`` exists: duplicate an existing pin without touching vmstat.
+    Linux commit 1101fb8f89e5 ("mm: Provide a function to get an additional pin on a page")
+    (v6.5)."""
+
+    PIN_PAGE: bool = False
+    """The series' ``pin_page()``: FOLL_PIN analogue of get_page(), counted in vmstat, pins
+    the zero page. [PATCH v3 1/3] "mm/gup: introduce pin_page()" (2020, never merged)."""
+
+    # --- COW and fork ----------------------------------------------------------------------
+    GUP_FORCED_COW: bool = False
+    """Any GUP on a COW mapping is treated as a write (breaks COW). Linux commit 17839856fd58
+    ("gup: document and work around 'COW can break either way' issue") (v5.8); removed by
+    a308c71bf1e6 ("mm/gup: Remove enfornced COW mechanism") (v5.9). False in every shipped
+    profile; derive a variant to model 5.9-rc1..rc3."""
+
+    EARLY_COW_PINNED_AT_FORK: bool = True
+    """fork() copies maybe-DMA-pinned anon pages of an mm that has pinned, instead of
+    COW-sharing them. Linux commit 70e806e4e645 ("mm: Do early cow for pinned pages during
+    fork() for ptes") (v5.9), with 008cfe4418b3 ("mm: Introduce mm_struct.has_pinned")."""
+
+    ANON_EXCLUSIVE: bool = False
+    """PG_anon_exclusive, and a read-only FOLL_PIN of a possibly shared anon page first
+    unshares it (gup_must_unshare / FAULT_FLAG_UNSHARE). Linux commits 6c287605fd56
+    ("mm: remember exclusively mapped anonymous pages with PG_anon_exclusive") and
+    a7f226604170 ("mm/gup: trigger FAULT_FLAG_UNSHARE when R/O-pinning a possibly shared
+    anonymous page") (v5.19)."""
+
+    # --- Direct I/O (used from the iov_iter/block issues on) -------------------------------
+    DIO_FOLL_PIN: bool = False
+    """Direct I/O acquires user pages with FOLL_PIN and releases them with unpin. The series
+    (5.9-pin), and upstream Linux commit a7e689dd1c06 ("block: Convert bio_iov_iter_get_pages
+    to use iov_iter_extract_pages") (v6.5)."""
+
+    IOV_ITER_PIN_PAGES: bool = False
+    """``iov_iter_pin_pages()`` / ``_alloc()``: [PATCH v3 2/3] "iov_iter: introduce
+    iov_iter_pin_pages*() routines" (never merged)."""
+
+    IOV_ITER_EXTRACT: bool = False
+    """``iov_iter_extract_pages()`` + ``iov_iter_extract_will_pin()``. Linux commit
+    7d58fe731028 ("iov_iter: Add a function to extract a page list from an iterator")
+    (v6.3)."""
+
+    ITER_PIPE: bool = True
+    """ITER_PIPE exists (splice from an O_DIRECT file). Removed by Linux commit
+    3fc40265ae2b ("iov_iter: Kill ITER_PIPE") (v6.5)."""
+
+    ITER_UBUF: bool = False
+    """ITER_UBUF for single user buffers. Linux commit fcb14cb1bdac ("new iov_iter flavour -
+    ITER_UBUF") (v6.0)."""
+
+    GUP_ARGS_6X: bool = False
+    """Argument checking of ``is_valid_gup_args()`` / ``gup_fast_fallback()``: FOLL_LONGTERM
+    needs FOLL_PIN; an address range that overflows gives -EOVERFLOW; the slow
+    ``pin_user_pages()`` returns 0 (not -EINVAL) on bad flags. False: the v5.9 checks
+    (``internal_get_user_pages_fast``: overflow or an empty range gives 0, then access_ok).
+    Read from current mm/gup.c (``is_valid_gup_args()``, v6.3+; ``gup_fast_fallback()``
+    range checks; access_ok() dropped in v6.15)."""
+
+    DIO_MEM_ALIGN_DMA: bool = False
+    """DIO user memory needs only the queue's dma_alignment, not the logical block size
+    (v6.0: bdev_iter_is_aligned)."""
+
+    def derive(self, **changes: Any) -> Profile:
+        """Return a variant of this profile with some switches changed (for experiments)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown switch(es): {', '.join(sorted(unknown))}")
+        name = changes.pop("name", self.name + "+" + ",".join(sorted(changes)))
+        return dataclasses.replace(self, name=name, **changes)
+
+    def switches(self) -> dict[str, bool]:
+        """All switches of this profile, by name."""
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "name"
+        }
+
+    @property
+    def is_variant(self) -> bool:
+        return "+" in self.name
+
+
+PROFILE_5_9 = Profile(name="5.9")
+
+PROFILE_5_9_PIN = Profile(
+    name="5.9-pin",
+    PIN_PAGE=True,
+    DIO_FOLL_PIN=True,
+    IOV_ITER_PIN_PAGES=True,
+)
+
+PROFILE_6_18 = Profile(
+    name="6.18",
+    PINCOUNT_ANY_LARGE_FOLIO=True,
+    ZERO_PAGE_NEVER_PINNED=True,
+    FOLIO_ADD_PIN=True,
+    ANON_EXCLUSIVE=True,
+    DIO_FOLL_PIN=True,
+    IOV_ITER_EXTRACT=True,
+    ITER_PIPE=False,
+    ITER_UBUF=True,
+    DIO_MEM_ALIGN_DMA=True,
+    GUP_ARGS_6X=True,
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (PROFILE_5_9, PROFILE_5_9_PIN, PROFILE_6_18)}
+DEFAULT_PROFILE = PROFILE_5_9_PIN
+
+
+
+def switch_docs() -> dict[str, str]:
+    """Each switch's docstring (what it stands for, with its commit), read from this file."""
+    import ast
+    import inspect
+    import itertools
+
+    tree = ast.parse(inspect.getsource(Profile))
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for stmt, nxt in itertools.pairwise(body):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def get_profile(profile: str | Profile | None) -> Profile:
+    """Look a profile up by name (``None`` gives the default)."""
+    if profile is None:
+        return DEFAULT_PROFILE
+    if isinstance(profile, Profile):
+        return profile
+    try:
+        return PROFILES[profile]
+    except KeyError:
+        raise ValueError(
+            f"unknown profile {profile!r}; known: {', '.join(PROFILES)}"
+        ) from None

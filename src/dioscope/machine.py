@@ -1,0 +1,48 @@
+"""A model machine: one memory node, processes, and (later) block devices and filesystems.
+
+``Kernel(mem="1G", profile="5.9-pin")`` is the entry point for tests, workloads and the demo.
+It composes the model layers; the harness observes it through ``kernel.pgdat.hooks``.
+"""
+
+from __future__ import annotations
+
+from .kernel.config import Profile
+from .mm.page_alloc import PgData
+from .mm.vmstat import VmStat
+from .syscalls.process import Process
+
+__all__ = ["Kernel"]
+
+
+class Kernel:
+    """A booted model kernel under one profile."""
+
+    def __init__(self, mem: str | int = "256M", profile: str | Profile | None = None) -> None:
+        self.pgdat = PgData(mem, profile)
+        self.cfg = self.pgdat.cfg
+        self.processes: list[Process] = []
+        self._next_pid = 1
+
+    @property
+    def vmstat(self) -> VmStat:
+        return self.pgdat.vmstat
+
+    @property
+    def events(self):  # type: ignore[no-untyped-def]
+        return self.pgdat.events
+
+    def spawn(self, comm: str = "dioscope") -> Process:
+        """Start a process with an empty address space."""
+        proc = Process(self.pgdat, self._new_pid(), comm)
+        self.processes.append(proc)
+        return proc
+
+    def fork(self, parent: Process) -> Process:
+        """``fork()`` ``parent``; the child is registered with this kernel."""
+        child = parent.fork(self._new_pid())
+        self.processes.append(child)
+        return child
+
+    def _new_pid(self) -> int:
+        self._next_pid += 1
+        return self._next_pid

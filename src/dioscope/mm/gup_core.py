@@ -1,0 +1,259 @@
+"""Recording and dropping references and pins on page arrays (``mm/gup.c``).
+
+The vectorized heart of GUP: :func:`try_grab_pages` is ``try_grab_folio()`` applied to each
+entry of a page array in order, and :func:`gup_put_pages` is ``gup_put_folio()`` per entry.
+One entry is one base page; several entries may share a folio, and the same pfn may appear
+twice (each entry counts, as ``np.add.at`` guarantees).
+
+Pin accounting per folio, per profile (spec §2.3, §2.4):
+
+* small folio (and order-1 before Linux commit 5232c63f46fd, v5.18): refcount += 1024;
+* a folio with an exact pincount: refcount += 1 and pincount += 1;
+* [6.18] the shared zero page: nothing at all, not even vmstat (Linux commit c8070b787519
+  ("mm: Don't pin ZERO_PAGE in pin_user_pages()") (v6.5)); the huge zero folio is pinned.
+* vmstat ``nr_foll_pin_acquired`` / ``_released`` += 1 per entry that was pinned/unpinned.
+
+``pgdat.pages.pin_unit`` caches the per-folio amount so the whole batch is one gather and one
+scatter.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+from .page import PG
+from .page_alloc import PgData, free_pages
+
+__all__ = [
+    "FOLL",
+    "INT32_MAX",
+    "folio_maybe_dma_pinned",
+    "free_zeroed",
+    "gup_put_pages",
+    "page_maybe_dma_pinned",
+    "try_grab_pages",
+    "try_grab_unique_small",
+]
+
+INT32_MAX = (1 << 31) - 1
+
+
+class FOLL(enum.IntFlag):
+    """GUP flags, with their v5.10 values (``include/linux/mm.h``)."""
+
+    FOLL_WRITE = 0x01
+    FOLL_TOUCH = 0x02
+    FOLL_GET = 0x04
+    FOLL_DUMP = 0x08
+    FOLL_FORCE = 0x10
+    FOLL_NOWAIT = 0x20
+    FOLL_POPULATE = 0x40
+    FOLL_HWPOISON = 0x100
+    FOLL_REMOTE = 0x2000
+    FOLL_ANON = 0x8000
+    FOLL_LONGTERM = 0x10000
+    FOLL_PIN = 0x40000
+    FOLL_FAST_ONLY = 0x80000
+    FOLL_NOFAULT = 0x100000  # [v5.17+]
+
+
+def page_maybe_dma_pinned(pgdat: PgData, page: int) -> bool:
+    """``page_maybe_dma_pinned()``: might this page be pinned for DMA?
+
+    Exact for a folio with a pincount; otherwise "refcount >= 1024", compared unsigned so an
+    overflowed (negative) refcount still reads as pinned. False positives: a small page with
+    1024 or more plain references. No false negatives.
+    """
+    return folio_maybe_dma_pinned(pgdat, int(pgdat.pages.head[page]))
+
+
+def folio_maybe_dma_pinned(pgdat: PgData, folio: int) -> bool:
+    """``folio_maybe_dma_pinned()`` on the folio headed by ``folio``."""
+    p = pgdat.pages
+    if int(p.pin_unit[folio]) == 1:
+        return int(p.pincount[folio]) > 0
+    return (int(p.refcount[folio]) & 0xFFFFFFFF) >= 1024
+
+
+def maybe_dma_pinned_mask(pgdat: PgData, pfns: np.ndarray) -> np.ndarray:
+    """Vectorized :func:`page_maybe_dma_pinned` over a pfn array."""
+    p = pgdat.pages
+    heads = p.head.take(pfns)
+    exact = p.pin_unit.take(heads) == 1
+    by_ref = p.refcount.take(heads).astype(np.int64) & 0xFFFFFFFF >= 1024
+    return np.where(exact, p.pincount.take(heads) > 0, by_ref)
+
+
+def _first_failing(pre: np.ndarray, heads: np.ndarray, inc: np.ndarray) -> int:
+    """Index of the first entry whose head refcount is <= 0 (or has wrapped) when its turn
+    comes, applying the entries in order; len(heads) if none. Exact with duplicates."""
+    order = np.argsort(heads, kind="stable")
+    h = heads[order]
+    c = inc[order].astype(np.int64)
+    cum = np.cumsum(c) - c  # exclusive prefix sum over the sorted entries
+    starts = np.r_[True, h[1:] != h[:-1]]
+    group_base = np.maximum.accumulate(np.where(starts, np.arange(len(h)), 0))
+    before = pre[order].astype(np.int64) + cum - cum[group_base]
+    bad = (before <= 0) | (before > INT32_MAX)
+    if not bad.any():
+        return len(heads)
+    return int(order[bad].min())
+
+
+def try_grab_pages(
+    pgdat: PgData, pages: np.ndarray, flags: int, holder: object, site: str
+) -> int:
+    """``try_grab_folio(folio_of(page), 1, flags)`` for each entry of ``pages``, in order.
+
+    Context: the pages are mapped (the caller found them in a page table).
+    Return: the number of leading entries grabbed. An entry fails when its folio's refcount is
+    <= 0 at its turn (freed, or wrapped past INT32_MAX by earlier pins): WARN_ON_ONCE, and the
+    caller stops there (GUP returns the count so far).
+    """
+    n = len(pages)
+    if not n:
+        return 0
+    p = pgdat.pages
+    heads = p.head.take(pages)
+    pre = p.refcount.take(heads)
+    pin = bool(flags & FOLL.FOLL_PIN)
+    inc = p.pin_unit.take(heads) if pin else np.ones(n, np.int32)
+    if pre.min() <= 0 or int(pre.max()) + int(inc.sum(dtype=np.int64)) > INT32_MAX:
+        k = _first_failing(pre, heads, inc)
+        if k < n:
+            pgdat.events.warn_once(
+                "try_grab_folio", f"refcount <= 0 on folio {int(heads[k]):#x}"
+            )
+            if k == 0:
+                return 0
+            pages, heads, inc = pages[:k], heads[:k], inc[:k]
+            n = k
+    np.add.at(p.refcount, heads, inc)
+    if pin:
+        large = inc == 1
+        if large.any():
+            np.add.at(p.pincount, heads[large], np.int32(1))
+        counted = inc != 0
+        nr = int(np.count_nonzero(counted))
+        pgdat.vmstat.nr_foll_pin_acquired += nr
+        if pgdat.hooks.active and nr:
+            pgdat.hooks.acquire("pin", pages if nr == n else pages[counted], holder, site)
+    elif pgdat.hooks.active:
+        pgdat.hooks.acquire("get", pages, holder, site)
+    return n
+
+
+_BIAS = np.full(512, 1024, np.int32)
+_ONES = np.ones(512, np.int32)
+_FOLL_PIN = int(FOLL.FOLL_PIN)
+
+
+def _units(n: int, pin: bool) -> np.ndarray | np.int32:
+    if n <= 512:
+        return (_BIAS if pin else _ONES)[:n]
+    return np.int32(1024 if pin else 1)
+
+
+def try_grab_unique_small(
+    pgdat: PgData, pfns: np.ndarray, flags: int, holder: object, site: str
+) -> int:
+    """:func:`try_grab_pages` for pages known to be distinct small exclusive anon pages.
+
+    The GUP-fast common case (PTE_FASTPIN): no compound heads, no duplicates, no zero page,
+    so the whole batch is one scatter. Falls back to the general path near overflow.
+    """
+    rc = pgdat.pages.refcount
+    pin = flags & _FOLL_PIN
+    n = len(pfns)
+    unit = (_BIAS if pin else _ONES)[:n] if n <= 512 else np.int32(1024 if pin else 1)
+    np.add.at(rc, pfns, unit)
+    post = rc.take(pfns)
+    if post[post.argmin()] <= (1024 if pin else 1):
+        # Some page had refcount <= 0, or wrapped past INT32_MAX: undo, take the exact path.
+        np.subtract.at(rc, pfns, unit)
+        return try_grab_pages(pgdat, pfns, flags, holder, site)
+    if pin:
+        pgdat.vmstat.nr_foll_pin_acquired += len(pfns)
+        if pgdat.hooks.active:
+            pgdat.hooks.acquire("pin", pfns, holder, site)
+    elif pgdat.hooks.active:
+        pgdat.hooks.acquire("get", pfns, holder, site)
+    return len(pfns)
+
+
+def gup_put_pages(
+    pgdat: PgData, pages: np.ndarray, flags: int, holder: object, site: str
+) -> None:
+    """``gup_put_folio(folio_of(page), 1, flags)`` for each entry (NULL entries skipped).
+
+    FOLL_PIN drops what a pin added (1024, or 1 plus one pincount, or nothing for an exempt
+    zero page) and counts ``nr_foll_pin_released``; FOLL_GET drops one reference. A folio
+    whose refcount reaches zero is freed.
+    """
+    n = len(pages)
+    if not n:
+        return
+    p = pgdat.pages
+    if flags & _FOLL_PIN:
+        small = p.small.take(pages)
+        if small[small.argmin()]:
+            # Every entry is an order-0 page (no NULL, no zero page, no compound): each is
+            # its own head and takes the 1024 bias.
+            if pgdat.hooks.active:
+                pgdat.hooks.release("pin", pages, holder, site)
+            pgdat.vmstat.nr_foll_pin_released += n
+            rc = p.refcount
+            np.subtract.at(rc, pages, _units(n, True))
+            post = rc.take(pages)
+            if post[post.argmin()] <= 0:
+                free_zeroed(pgdat, pages, post, site)
+            return
+    if pages[pages.argmin()] < 0:
+        if not pgdat.cfg.GUP_ARGS_6X:  # [5.9] no NULL check: compound_head(NULL) oopses
+            pgdat.events.bug(site, "NULL page pointer in pages[]")
+        pages = pages[pages >= 0]
+        n = len(pages)
+        if not n:
+            return
+    heads = p.head.take(pages)
+    if flags & FOLL.FOLL_PIN:
+        dec = p.pin_unit.take(heads)
+        counted = dec != 0
+        nr = int(np.count_nonzero(counted))
+        if pgdat.hooks.active and nr:
+            pgdat.hooks.release("pin", pages if nr == n else pages[counted], holder, site)
+        pgdat.vmstat.nr_foll_pin_released += nr
+        large = dec == 1
+        if large.any():
+            np.subtract.at(p.pincount, heads[large], np.int32(1))
+        np.subtract.at(p.refcount, heads, dec)
+    else:
+        if pgdat.hooks.active:
+            pgdat.hooks.release("get", pages, holder, site)
+        np.subtract.at(p.refcount, heads, np.int32(1))
+    post = p.refcount.take(heads)
+    if post.min() <= 0:
+        free_zeroed(pgdat, heads, post, site)
+
+
+def free_zeroed(pgdat: PgData, heads: np.ndarray, post: np.ndarray, site: str) -> None:
+    """Free each distinct folio in ``heads`` whose refcount (``post``) reached exactly zero."""
+    rc = pgdat.pages.refcount
+    for h in np.unique(heads[post == 0]).tolist():
+        if int(rc[h]) == 0:
+            free_pages(pgdat, int(h), site)
+
+
+def set_folio_dirty_lock(pgdat: PgData, folio: int) -> None:
+    """``folio_mark_dirty_lock()`` / ``set_page_dirty_lock()``: lock, dirty, unlock.
+
+    Locking keeps ``page->mapping`` stable against truncation while the mapping's dirtying
+    method runs. The model marks PG_dirty on the head and reports a tracepoint.
+    """
+    p = pgdat.pages
+    p.flags[folio] |= np.uint32(PG.PG_dirty)
+    if pgdat.hooks.tracepoints:
+        for tp in pgdat.hooks.tracepoints:
+            tp("set_page_dirty_lock", {"pfn": folio})

@@ -1,0 +1,405 @@
+"""Page faults, COW and unmapping (``mm/memory.c``, ``mm/huge_memory.c``).
+
+* Private anonymous memory: a read fault maps the shared zero page (``do_anonymous_page``);
+  a write fault allocates a zeroed page; a write to a read-only present page goes through
+  ``do_wp_page``: reuse when the page is exclusive, otherwise copy.
+* THP (VM_HUGEPAGE on a 2 MiB-aligned, fully-empty range): a write fault allocates an order-9
+  folio mapped by one PMD (``do_huge_pmd_anonymous_page``); a read fault maps the huge zero
+  folio. A write to a read-only PMD falls back to PTEs (``__split_huge_pmd``) and COWs one
+  base page, as ``do_huge_pmd_wp_page`` does since v5.8.
+* Shared anonymous memory: pages come from the shmem file; mapped writable if VM_WRITE.
+
+Reuse rule for a write fault on an anonymous page (``do_wp_page``):
+
+* [5.9] Linux commit 09854ba94c6a ("mm: do_wp_page() simplification") (v5.9): reuse only a
+  small page whose refcount is exactly 1; anything else (a GUP reference, a pin, a COW
+  sharer, a large folio) is copied.
+* [6.18] (ANON_EXCLUSIVE): reuse a PageAnonExclusive page at once; otherwise reuse a small
+  page with refcount 1 and mark it exclusive; otherwise copy.
+
+Every PTE that maps a page holds one reference on its folio and one mapcount on the subpage;
+a PMD mapping holds one reference and one ``entire_mapcount`` on the head. Zero-page PTEs are
+"special" and hold neither.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+from ..kernel.types import HPAGE_PMD_NR, HPAGE_PMD_ORDER, PAGE_SHIFT
+from .mm_types import VM, VmArea
+from .page import PG
+from .page_alloc import ZERO_PFN, PgData, alloc_pages, alloc_pages_bulk
+from .page_ref import folio_put_refs, put_pages
+from .pgtable import (
+    PTE_ACCESSED,
+    PTE_DIRTY,
+    PTE_FASTPIN,
+    PTE_PMD,
+    PTE_PRESENT,
+    PTE_RW,
+    PTE_SPECIAL,
+)
+
+__all__ = [
+    "FAULT_FLAG",
+    "VM_FAULT",
+    "access_error",
+    "handle_mm_fault",
+    "mm_get_huge_zero_folio",
+    "populate_range",
+    "split_huge_pmd",
+    "zap_page_range",
+]
+
+PTE_PROTNONE = np.uint8(0x01)
+"""``_PAGE_PROTNONE``: mapped but inaccessible (PROT_NONE); PRESENT is clear, as on x86."""
+
+_ANON_NEW_FLAGS = np.uint32(PG.PG_anon | PG.PG_anon_exclusive | PG.PG_swapbacked | PG.PG_uptodate)
+
+
+class FAULT_FLAG(enum.IntFlag):
+    """``enum fault_flag`` (``include/linux/mm_types.h``), the bits the model uses."""
+
+    FAULT_FLAG_WRITE = 1 << 0
+    FAULT_FLAG_REMOTE = 1 << 7
+    FAULT_FLAG_UNSHARE = 1 << 10
+
+
+class VM_FAULT(enum.IntFlag):
+    """``enum vm_fault_reason``: 0 means the fault was handled."""
+
+    VM_FAULT_OOM = 0x1
+    VM_FAULT_SIGBUS = 0x2
+    VM_FAULT_SIGSEGV = 0x40
+    VM_FAULT_FALLBACK = 0x800
+
+
+def access_error(vma: VmArea, write: bool) -> bool:
+    """``access_error()`` (arch/x86/mm/fault.c): the VMA does not allow this access."""
+    if write:
+        return not vma.vm_flags & VM.VM_WRITE
+    return not vma.vm_flags & (VM.VM_READ | VM.VM_WRITE | VM.VM_EXEC)
+
+
+def mm_get_huge_zero_folio(pgdat: PgData) -> int:
+    """``mm_get_huge_zero_folio()``: the huge zero folio, allocated on first use.
+
+    Return: its head pfn, or -1 if no order-9 block is free.
+    """
+    if pgdat.huge_zero_pfn < 0:
+        pfn = alloc_pages(pgdat, HPAGE_PMD_ORDER)
+        if pfn < 0:
+            return -1
+        pgdat.mem.clear_pages(np.arange(pfn, pfn + HPAGE_PMD_NR, dtype=np.int64))
+        pgdat.pages.flags[pfn] |= np.uint32(PG.PG_uptodate)
+        pgdat.huge_zero_pfn = pfn
+    return pgdat.huge_zero_pfn
+
+
+# --- helpers -------------------------------------------------------------------------------
+def _new_anon(pgdat: PgData, vma: VmArea, pfns: np.ndarray, slots: np.ndarray) -> None:
+    """``folio_add_new_anon_rmap()`` for freshly allocated small pages."""
+    p = pgdat.pages
+    p.flags[pfns] |= _ANON_NEW_FLAGS
+    p.mapping[pfns] = vma.anon_id
+    p.index[pfns] = (vma.vm_start >> PAGE_SHIFT) + slots
+    p.mapcount[pfns] = 1
+
+
+def _pmd_region(vma: VmArea, slot: int) -> tuple[int, int] | None:
+    """Slots of the 2 MiB-aligned region around ``slot`` if it lies wholly in the VMA."""
+    addr = vma.vm_start + (slot << PAGE_SHIFT)
+    base = addr & ~((HPAGE_PMD_NR << PAGE_SHIFT) - 1)
+    if base < vma.vm_start or base + (HPAGE_PMD_NR << PAGE_SHIFT) > vma.vm_end:
+        return None
+    s0 = (base - vma.vm_start) >> PAGE_SHIFT
+    return s0, s0 + HPAGE_PMD_NR
+
+
+def _thp_eligible(vma: VmArea, slot: int) -> tuple[int, int] | None:
+    """``thp_vma_allowable_order()`` for THP=madvise: VM_HUGEPAGE, aligned, all slots empty."""
+    if not vma.vm_flags & VM.VM_HUGEPAGE or not vma.is_anonymous():
+        return None
+    if vma.vm_flags & VM.VM_SHARED:
+        return None
+    region = _pmd_region(vma, slot)
+    if region is None:
+        return None
+    s0, s1 = region
+    if (vma.pt_pfn[s0:s1] >= 0).any():
+        return None
+    return region
+
+
+def split_huge_pmd(vma: VmArea, slot: int) -> None:
+    """``__split_huge_pmd()``: turn the PMD mapping covering ``slot`` into 512 PTEs.
+
+    The folio stays large (its split is deferred); each PTE now holds a reference and a
+    mapcount on its subpage. A huge-zero PMD becomes 512 small-zero-page PTEs.
+    """
+    if not vma.pt_flags[slot] & PTE_PMD:
+        return
+    pgdat = vma.vm_mm.pgdat
+    p = pgdat.pages
+    region = _pmd_region(vma, slot)
+    assert region is not None, "a PMD mapping always covers an aligned region of its VMA"
+    s0, s1 = region
+    head = int(vma.pt_pfn[s0])
+    keep = vma.pt_flags[s0:s1] & ~PTE_PMD
+    if head == pgdat.huge_zero_pfn:
+        vma.pt_pfn[s0:s1] = ZERO_PFN
+        vma.pt_flags[s0:s1] = PTE_PRESENT | PTE_SPECIAL | PTE_ACCESSED
+        return
+    p.entire_mapcount[head] -= 1
+    p.mapcount[head : head + HPAGE_PMD_NR] += 1
+    p.refcount[head] += np.int32(HPAGE_PMD_NR - 1)
+    vma.pt_flags[s0:s1] = keep
+
+
+# --- zap -----------------------------------------------------------------------------------
+def zap_page_range(vma: VmArea, s0: int, s1: int, site: str = "zap_pte_range") -> None:
+    """``zap_page_range_single()``: unmap slots ``[s0, s1)`` and drop their references.
+
+    PMD mappings that straddle the boundary are split first.
+    """
+    if s0 >= s1:
+        return
+    for edge in (s0, s1 - 1):
+        if vma.pt_flags[edge] & PTE_PMD:
+            region = _pmd_region(vma, edge)
+            if region is not None and (region[0] < s0 or region[1] > s1):
+                split_huge_pmd(vma, edge)
+    pgdat = vma.vm_mm.pgdat
+    p = pgdat.pages
+    pfns = vma.pt_pfn[s0:s1]
+    flags = vma.pt_flags[s0:s1]
+    mapped = pfns >= 0
+    if not mapped.any():
+        return
+    special = (flags & PTE_SPECIAL) != 0
+    pmd = (flags & PTE_PMD) != 0
+    # Dirty PTEs of page-cache pages hand their dirty bit to the page (page_remove_rmap).
+    dirty = mapped & ~special & ((flags & PTE_DIRTY) != 0)
+    if dirty.any():
+        p.flags[pfns[dirty]] |= np.uint32(PG.PG_dirty)
+    if pmd.any():
+        heads = np.unique(p.head.take(pfns[pmd]))
+        for h in heads.tolist():
+            if h == pgdat.huge_zero_pfn:
+                continue
+            p.entire_mapcount[h] -= 1
+            folio_put_refs(pgdat, h, 1, site)
+    small = mapped & ~special & ~pmd
+    if small.any():
+        sp = pfns[small]
+        np.subtract.at(p.mapcount, sp, np.int32(1))
+        put_pages(pgdat, sp, site=site)
+    vma.pt_pfn[s0:s1] = -1
+    vma.pt_flags[s0:s1] = 0
+
+
+# --- faults --------------------------------------------------------------------------------
+def _do_anonymous_page(vma: VmArea, slot: int, write: bool) -> int:
+    pgdat = vma.vm_mm.pgdat
+    if not write:
+        vma.pt_pfn[slot] = ZERO_PFN
+        vma.pt_flags[slot] = PTE_PRESENT | PTE_SPECIAL | PTE_ACCESSED
+        return 0
+    pfn = alloc_pages(pgdat, 0)
+    if pfn < 0:
+        return VM_FAULT.VM_FAULT_OOM
+    pgdat.mem.clear_pages(np.array([pfn]))
+    _new_anon(pgdat, vma, np.array([pfn]), np.array([slot]))
+    vma.pt_pfn[slot] = pfn
+    vma.pt_flags[slot] = PTE_PRESENT | PTE_FASTPIN | PTE_RW | PTE_DIRTY | PTE_ACCESSED
+    return 0
+
+
+def _do_huge_pmd_anonymous_page(vma: VmArea, s0: int, write: bool) -> int:
+    """``do_huge_pmd_anonymous_page()``. Return: 0, or VM_FAULT_FALLBACK."""
+    pgdat = vma.vm_mm.pgdat
+    s1 = s0 + HPAGE_PMD_NR
+    if not write:
+        hz = mm_get_huge_zero_folio(pgdat)
+        if hz < 0:
+            return VM_FAULT.VM_FAULT_FALLBACK
+        vma.pt_pfn[s0:s1] = np.arange(hz, hz + HPAGE_PMD_NR, dtype=np.int64)
+        vma.pt_flags[s0:s1] = PTE_PRESENT | PTE_SPECIAL | PTE_PMD | PTE_ACCESSED
+        return 0
+    head = alloc_pages(pgdat, HPAGE_PMD_ORDER)
+    if head < 0:
+        return VM_FAULT.VM_FAULT_FALLBACK
+    pfns = np.arange(head, head + HPAGE_PMD_NR, dtype=np.int64)
+    pgdat.mem.clear_pages(pfns)
+    p = pgdat.pages
+    p.flags[pfns] |= np.uint32(PG.PG_anon | PG.PG_swapbacked | PG.PG_uptodate)
+    p.flags[head] |= np.uint32(PG.PG_anon_exclusive | PG.PG_large_rmappable)
+    p.flags[pfns] |= np.uint32(PG.PG_anon_exclusive)
+    p.mapping[pfns] = vma.anon_id
+    p.index[pfns] = (vma.vm_start >> PAGE_SHIFT) + np.arange(s0, s1)
+    p.entire_mapcount[head] = 1
+    vma.pt_pfn[s0:s1] = pfns
+    vma.pt_flags[s0:s1] = PTE_PRESENT | PTE_RW | PTE_DIRTY | PTE_PMD | PTE_ACCESSED
+    pgdat.vmstat.thp_fault_alloc += 1
+    return 0
+
+
+def _wp_can_reuse(pgdat: PgData, pfn: int) -> bool:
+    """The reuse test of ``do_wp_page()`` for an anonymous page, per profile."""
+    p = pgdat.pages
+    if pgdat.cfg.ANON_EXCLUSIVE and int(p.flags[pfn]) & PG.PG_anon_exclusive:
+        return True
+    if int(p.order[pfn]) != 0:
+        return False
+    return int(p.refcount[pfn]) == 1 and int(p.mapcount[pfn]) == 1
+
+
+def _wp_page_copy(vma: VmArea, slot: int, writable: bool) -> int:
+    """``wp_page_copy()``: give this PTE its own copy of the page it maps."""
+    pgdat = vma.vm_mm.pgdat
+    p = pgdat.pages
+    old = int(vma.pt_pfn[slot])
+    new = alloc_pages(pgdat, 0)
+    if new < 0:
+        return VM_FAULT.VM_FAULT_OOM
+    if old == ZERO_PFN:
+        pgdat.mem.clear_pages(np.array([new]))
+    else:
+        pgdat.mem.copy_page(new, old)
+    _new_anon(pgdat, vma, np.array([new]), np.array([slot]))
+    vma.pt_pfn[slot] = new
+    fl = PTE_PRESENT | PTE_FASTPIN | PTE_ACCESSED
+    vma.pt_flags[slot] = fl | PTE_RW | PTE_DIRTY if writable else fl
+    if old != ZERO_PFN:
+        p.mapcount[old] -= 1
+        folio_put_refs(pgdat, int(p.head[old]), 1, "wp_page_copy")
+    return 0
+
+
+def _do_wp_page(vma: VmArea, slot: int, unshare: bool) -> int:
+    """``do_wp_page()``: a write (or unshare) fault on a present read-only PTE."""
+    pgdat = vma.vm_mm.pgdat
+    p = pgdat.pages
+    pfn = int(vma.pt_pfn[slot])
+    if vma.vm_flags & VM.VM_SHARED:
+        if unshare:
+            return 0
+        vma.pt_flags[slot] |= PTE_RW | PTE_DIRTY  # wp_page_shared: no COW in shared maps
+        return 0
+    if pfn == ZERO_PFN:
+        return _wp_page_copy(vma, slot, writable=not unshare)
+    if _wp_can_reuse(pgdat, pfn):
+        p.flags[pfn] |= np.uint32(PG.PG_anon_exclusive)
+        fl = vma.pt_flags[slot] | PTE_ACCESSED
+        if int(p.order[pfn]) == 0:
+            fl |= PTE_FASTPIN
+        if not unshare:
+            fl |= PTE_RW | PTE_DIRTY
+        vma.pt_flags[slot] = fl
+        return 0
+    return _wp_page_copy(vma, slot, writable=not unshare)
+
+
+def _do_shared_fault(vma: VmArea, slot: int) -> int:
+    pgdat = vma.vm_mm.pgdat
+    shm = vma.vm_file
+    pfn = shm.get_folio(vma.vm_pgoff + slot)
+    if pfn < 0:
+        return VM_FAULT.VM_FAULT_OOM
+    p = pgdat.pages
+    p.refcount[pfn] += np.int32(1)
+    p.mapcount[pfn] += 1
+    vma.pt_pfn[slot] = pfn
+    fl = PTE_PRESENT | PTE_ACCESSED
+    if vma.vm_flags & VM.VM_WRITE:
+        fl |= PTE_RW
+    vma.pt_flags[slot] = fl
+    return 0
+
+
+def handle_mm_fault(vma: VmArea, address: int, flags: int) -> int:
+    """``handle_mm_fault()``: resolve one fault at ``address`` in ``vma``.
+
+    Context: the caller checked the access against the VMA (``access_error`` or GUP's
+    ``check_vma_flags``).
+    Return: 0 when handled, or VM_FAULT_* error bits (OOM, SIGSEGV).
+    """
+    pgdat = vma.vm_mm.pgdat
+    pgdat.vmstat.pgfault += 1
+    write = bool(flags & FAULT_FLAG.FAULT_FLAG_WRITE)
+    unshare = bool(flags & FAULT_FLAG.FAULT_FLAG_UNSHARE)
+    slot = vma.slot(address)
+    pfn = int(vma.pt_pfn[slot])
+    fl = vma.pt_flags[slot]
+    if fl & PTE_PROTNONE:
+        return VM_FAULT.VM_FAULT_SIGSEGV
+    if vma.vm_file is not None:
+        if pfn < 0:
+            ret = _do_shared_fault(vma, slot)
+            if ret or not write:
+                return ret
+        elif write and not fl & PTE_RW:
+            return _do_wp_page(vma, slot, unshare=False)
+        return 0
+    if pfn < 0:
+        region = _thp_eligible(vma, slot)
+        if region is not None and _do_huge_pmd_anonymous_page(vma, region[0], write) == 0:
+            if write or unshare:
+                return 0
+            return 0
+        return _do_anonymous_page(vma, slot, write)
+    if fl & PTE_PMD and ((write and not fl & PTE_RW) or unshare):
+        # do_huge_pmd_wp_page / unshare: fall back to PTEs, then handle the base page.
+        split_huge_pmd(vma, slot)
+        fl = vma.pt_flags[slot]
+    if write and not fl & PTE_RW:
+        return _do_wp_page(vma, slot, unshare=False)
+    if unshare:
+        return _do_wp_page(vma, slot, unshare=True)
+    return 0
+
+
+def populate_range(vma: VmArea, s0: int, s1: int, write: bool) -> int:
+    """Fault in every slot of ``[s0, s1)`` that a ``write``/read access would fault on.
+
+    The vectorized equivalent of calling ``handle_mm_fault`` per page (``populate_vma_page_range``
+    / a CPU touching every page): empty slots of a private anonymous VMA are filled in bulk.
+    Return: 0, or the VM_FAULT bits of the first failure.
+    """
+    fl = vma.pt_flags[s0:s1]
+    need = PTE_PRESENT | (PTE_RW if write else np.uint8(0))
+    todo = np.flatnonzero((fl & need) != need)
+    if not len(todo):
+        return 0
+    pgdat = vma.vm_mm.pgdat
+    if (
+        write
+        and vma.is_anonymous()
+        and not vma.vm_flags & (VM.VM_SHARED | VM.VM_HUGEPAGE)
+        and (vma.pt_pfn[s0:s1][todo] < 0).all()
+    ):
+        # Bulk do_anonymous_page(): every target slot is empty.
+        slots = todo + s0
+        pfns = alloc_pages_bulk(pgdat, len(slots))
+        if len(pfns) < len(slots):
+            put_pages(pgdat, pfns, site="populate_range")
+            return VM_FAULT.VM_FAULT_OOM
+        pgdat.mem.clear_pages(pfns)
+        _new_anon(pgdat, vma, pfns, slots)
+        vma.pt_pfn[slots] = pfns
+        vma.pt_flags[slots] = PTE_PRESENT | PTE_FASTPIN | PTE_RW | PTE_DIRTY | PTE_ACCESSED
+        pgdat.vmstat.pgfault += len(slots)
+        return 0
+    fflags = FAULT_FLAG.FAULT_FLAG_WRITE if write else 0
+    for i in todo.tolist():
+        slot = s0 + i
+        f = vma.pt_flags[slot]
+        if (f & need) == need:  # an earlier fault (a THP) already covered it
+            continue
+        ret = handle_mm_fault(vma, vma.vm_start + (slot << PAGE_SHIFT), fflags)
+        if ret:
+            return ret
+    return 0

@@ -1,0 +1,53 @@
+"""Physical memory: one page-aligned anonymous host mapping of N frames.
+
+A frame's bytes are a memoryview slice of it, so a model device can DMA into a frame with a
+real ``os.preadv``. The mapping is MAP_NORESERVE and untouched frames cost no host memory.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+import numpy as np
+
+from ..kernel.types import PAGE_SHIFT, PAGE_SIZE
+
+__all__ = ["PhysMem"]
+
+
+class PhysMem:
+    """``nr_pages`` frames of 4 KiB backed by one anonymous host mapping."""
+
+    def __init__(self, nr_pages: int) -> None:
+        if nr_pages <= 0:
+            raise ValueError("physical memory needs at least one frame")
+        self.nr_pages = nr_pages
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+        self._map = mmap.mmap(-1, nr_pages << PAGE_SHIFT, flags=flags)
+        self.view = memoryview(self._map)
+        self.bytes = np.frombuffer(self._map, dtype=np.uint8)
+        """All of physical memory as one uint8 array (a view, not a copy)."""
+        self.frames = self.bytes.reshape(nr_pages, PAGE_SIZE)
+        """Physical memory as a (nr_pages, PAGE_SIZE) array: ``frames[pfn]`` is one frame."""
+
+    def frame(self, pfn: int) -> memoryview:
+        """The bytes of frame ``pfn`` (``page_address()`` / ``kmap_local_page()``)."""
+        off = pfn << PAGE_SHIFT
+        return self.view[off : off + PAGE_SIZE]
+
+    def span(self, pfn: int, offset: int, length: int) -> memoryview:
+        """``length`` bytes starting ``offset`` bytes into frame ``pfn`` (may cross frames)."""
+        start = (pfn << PAGE_SHIFT) + offset
+        return self.view[start : start + length]
+
+    def clear_pages(self, pfns: np.ndarray) -> None:
+        """``clear_page()`` on every frame in ``pfns``."""
+        if len(pfns) == 1:
+            p = int(pfns[0])
+            self.bytes[p << PAGE_SHIFT : (p + 1) << PAGE_SHIFT] = 0
+        elif len(pfns):
+            self.frames[pfns] = 0
+
+    def copy_page(self, dst: int, src: int) -> None:
+        """``copy_highpage()``: frame ``src`` to frame ``dst``."""
+        self.frames[dst] = self.frames[src]
