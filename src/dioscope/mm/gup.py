@@ -52,8 +52,8 @@ _FOLL_PIN = int(FOLL.FOLL_PIN)
 
 
 def _gup_fast_unique(
-    mm: MmStruct, start: int, nr_pages: int, gup_flags: int, pages: np.ndarray,
-    holder: object, site: str, pin: bool,
+    mm: MmStruct, start: int, nr_pages: int, write: int, pages: np.ndarray,
+    holder: object, pin: bool,
 ) -> int:
     """The common case of GUP-fast, checked in one pass: a page-aligned range inside one VMA
     whose PTEs all map distinct small exclusive anon pages (PTE_FASTPIN), present and
@@ -64,8 +64,6 @@ def _gup_fast_unique(
     Return: pages taken, or -1 if the range does not qualify (the caller takes the general
     path, which also does all argument checking).
     """
-    if gup_flags & ~_FOLL_WRITE or nr_pages <= 0 or start & 0xFFF or nr_pages > 512:
-        return -1
     vma = mm.vma_cache
     if vma is None or not vma.vm_start <= start < vma.vm_end:
         vma = mm.vma_lookup(start)
@@ -73,26 +71,39 @@ def _gup_fast_unique(
             return -1
         mm.vma_cache = vma
     s0 = (start - vma.vm_start) >> PAGE_SHIFT
-    s1 = s0 + nr_pages
-    fl = vma.pt_flags[s0:s1]
-    if len(fl) != nr_pages or fl[fl.argmin()] < (PTE_FAST_WRITE if gup_flags else PTE_FAST_READ):
+    fl = vma.pt_flags[s0 : s0 + nr_pages]
+    if len(fl) != nr_pages or fl[fl.argmin()] < (PTE_FAST_WRITE if write else PTE_FAST_READ):
         return -1
-    pfns = vma.pt_pfn[s0:s1]
+    pfns = vma.pt_pfn[s0 : s0 + nr_pages]
     pgdat = mm.pgdat
     rc = pgdat.pages.refcount
-    unit = (_BIAS if pin else _ONES)[:nr_pages]
-    np.add.at(rc, pfns, unit)
-    post = rc.take(pfns)
-    if post[post.argmin()] <= unit[0]:
-        # A refcount was <= 0 or wrapped past INT32_MAX: undo, take the exact general path.
-        np.subtract.at(rc, pfns, unit)
-        return -1
+    p0 = int(pfns[0])
+    inc = 1024 if pin else 1
+    if int(pfns[-1]) - p0 == nr_pages - 1:
+        # Distinct pfns spanning exactly nr_pages frames: the run is the frame range
+        # [p0, p0 + nr_pages) (in some order), so a slice does the scatter.
+        run = rc[p0 : p0 + nr_pages]
+        run += np.int32(inc)
+        if run[run.argmin()] <= inc:
+            # A refcount was <= 0 or wrapped past INT32_MAX: undo, take the exact path.
+            run -= np.int32(inc)
+            return -1
+    else:
+        unit = (_BIAS if pin else _ONES)[:nr_pages]
+        np.add.at(rc, pfns, unit)
+        post = rc.take(pfns)
+        if post[post.argmin()] <= inc:
+            np.subtract.at(rc, pfns, unit)
+            return -1
     pages[:nr_pages] = pfns
     if pin:
         pgdat.vmstat.nr_foll_pin_acquired += nr_pages
         mm.has_pinned = True
     if pgdat.hooks.active:
-        pgdat.hooks.acquire("pin" if pin else "get", pages[:nr_pages].copy(), holder, site)
+        pgdat.hooks.acquire(
+            "pin" if pin else "get", pages[:nr_pages].copy(), holder,
+            "pin_user_pages_fast" if pin else "get_user_pages_fast",
+        )
     return nr_pages
 
 
@@ -343,12 +354,10 @@ def get_user_pages_fast(
     only if none (-EINVAL for FOLL_PIN in ``gup_flags``, -EFAULT for an unmapped or
     forbidden first page).
     """
-    gup_flags = int(gup_flags)
-    k = _gup_fast_unique(
-        mm, start, nr_pages, gup_flags, pages, holder, "get_user_pages_fast", False
-    )
-    if k >= 0:
-        return k
+    if not gup_flags & ~_FOLL_WRITE and 0 < nr_pages <= 512 and not start & 0xFFF:
+        k = _gup_fast_unique(mm, start, nr_pages, gup_flags, pages, holder, False)
+        if k >= 0:
+            return k
     if not _valid_gup_args(mm.pgdat, gup_flags, FOLL.FOLL_GET, "get_user_pages_fast"):
         return -errno.EINVAL
     return _gup_fast_fallback(
@@ -368,12 +377,10 @@ def pin_user_pages_fast(
     read-only first page, and for a range beyond TASK_SIZE; [6.18] -EOVERFLOW when the range
     wraps. A zero or negative ``nr_pages`` returns 0 [5.9].
     """
-    gup_flags = int(gup_flags)
-    k = _gup_fast_unique(
-        mm, start, nr_pages, gup_flags, pages, holder, "pin_user_pages_fast", True
-    )
-    if k >= 0:
-        return k
+    if not gup_flags & ~_FOLL_WRITE and 0 < nr_pages <= 512 and not start & 0xFFF:
+        k = _gup_fast_unique(mm, start, nr_pages, gup_flags, pages, holder, True)
+        if k >= 0:
+            return k
     if not _valid_gup_args(mm.pgdat, gup_flags, FOLL.FOLL_PIN, "pin_user_pages_fast"):
         return -errno.EINVAL
     return _gup_fast_fallback(
@@ -448,14 +455,15 @@ def unpin_user_pages(
         pgdat.events.warn("unpin_user_pages", f"npages is an error value ({npages})")
         return
     arr = pages[:npages]
-    small = pgdat.pages.small.take(arr)
-    if len(small) and small[small.argmin()]:
+    p = pgdat.pages
+    small = p.small.take(arr)
+    if npages and small[small.argmin()]:
         # Every entry is an order-0 page (no NULL, no zero page, no compound page): each is
         # its own head and gives back the 1024 bias. Duplicates count (subtract.at).
         if pgdat.hooks.active:
             pgdat.hooks.release("pin", arr, holder, "unpin_user_pages")
         pgdat.vmstat.nr_foll_pin_released += npages
-        rc = pgdat.pages.refcount
+        rc = p.refcount
         np.subtract.at(rc, arr, _BIAS[:npages] if npages <= 512 else np.int32(1024))
         post = rc.take(arr)
         if post[post.argmin()] <= 0:

@@ -90,10 +90,9 @@ def mm_get_huge_zero_folio(pgdat: PgData) -> int:
     Return: its head pfn, or -1 if no order-9 block is free.
     """
     if pgdat.huge_zero_pfn < 0:
-        pfn = alloc_pages(pgdat, HPAGE_PMD_ORDER)
+        pfn = alloc_pages(pgdat, HPAGE_PMD_ORDER, zero=True)
         if pfn < 0:
             return -1
-        pgdat.mem.clear_pages(np.arange(pfn, pfn + HPAGE_PMD_NR, dtype=np.int64))
         pgdat.pages.flags[pfn] |= np.uint32(PG.PG_uptodate)
         pgdat.huge_zero_pfn = pfn
     return pgdat.huge_zero_pfn
@@ -208,10 +207,9 @@ def _do_anonymous_page(vma: VmArea, slot: int, write: bool) -> int:
         vma.pt_pfn[slot] = ZERO_PFN
         vma.pt_flags[slot] = PTE_PRESENT | PTE_SPECIAL | PTE_ACCESSED
         return 0
-    pfn = alloc_pages(pgdat, 0)
+    pfn = alloc_pages(pgdat, 0, zero=True)
     if pfn < 0:
         return VM_FAULT.VM_FAULT_OOM
-    pgdat.mem.clear_pages(np.array([pfn]))
     _new_anon(pgdat, vma, np.array([pfn]), np.array([slot]))
     vma.pt_pfn[slot] = pfn
     vma.pt_flags[slot] = PTE_PRESENT | PTE_FASTPIN | PTE_RW | PTE_DIRTY | PTE_ACCESSED
@@ -229,11 +227,10 @@ def _do_huge_pmd_anonymous_page(vma: VmArea, s0: int, write: bool) -> int:
         vma.pt_pfn[s0:s1] = np.arange(hz, hz + HPAGE_PMD_NR, dtype=np.int64)
         vma.pt_flags[s0:s1] = PTE_PRESENT | PTE_SPECIAL | PTE_PMD | PTE_ACCESSED
         return 0
-    head = alloc_pages(pgdat, HPAGE_PMD_ORDER)
+    head = alloc_pages(pgdat, HPAGE_PMD_ORDER, zero=True)
     if head < 0:
         return VM_FAULT.VM_FAULT_FALLBACK
     pfns = np.arange(head, head + HPAGE_PMD_NR, dtype=np.int64)
-    pgdat.mem.clear_pages(pfns)
     p = pgdat.pages
     p.flags[pfns] |= np.uint32(PG.PG_anon | PG.PG_swapbacked | PG.PG_uptodate)
     p.flags[head] |= np.uint32(PG.PG_anon_exclusive | PG.PG_large_rmappable)
@@ -262,12 +259,10 @@ def _wp_page_copy(vma: VmArea, slot: int, writable: bool) -> int:
     pgdat = vma.vm_mm.pgdat
     p = pgdat.pages
     old = int(vma.pt_pfn[slot])
-    new = alloc_pages(pgdat, 0)
+    new = alloc_pages(pgdat, 0, zero=old == ZERO_PFN)
     if new < 0:
         return VM_FAULT.VM_FAULT_OOM
-    if old == ZERO_PFN:
-        pgdat.mem.clear_pages(np.array([new]))
-    else:
+    if old != ZERO_PFN:
         pgdat.mem.copy_page(new, old)
     _new_anon(pgdat, vma, np.array([new]), np.array([slot]))
     vma.pt_pfn[slot] = new
@@ -383,11 +378,10 @@ def populate_range(vma: VmArea, s0: int, s1: int, write: bool) -> int:
     ):
         # Bulk do_anonymous_page(): every target slot is empty.
         slots = todo + s0
-        pfns = alloc_pages_bulk(pgdat, len(slots))
+        pfns = alloc_pages_bulk(pgdat, len(slots), zero=True)
         if len(pfns) < len(slots):
             put_pages(pgdat, pfns, site="populate_range")
             return VM_FAULT.VM_FAULT_OOM
-        pgdat.mem.clear_pages(pfns)
         _new_anon(pgdat, vma, pfns, slots)
         vma.pt_pfn[slots] = pfns
         vma.pt_flags[slots] = PTE_PRESENT | PTE_FASTPIN | PTE_RW | PTE_DIRTY | PTE_ACCESSED

@@ -70,7 +70,7 @@ class PgData:
         self.pin_unit_zero = 0 if self.cfg.ZERO_PAGE_NEVER_PINNED else GUP_PIN_COUNTING_BIAS
         p.pin_unit[ZERO_PFN] = self.pin_unit_zero
         p.flags[ZERO_PFN] |= np.uint32(PG.PG_uptodate)
-        self.mem.clear_pages(np.array([ZERO_PFN]))
+        self.mem.pristine[:reserved] = False
         p.flags[nr_pages - 1] = np.uint32(PG.PG_reserved)
         p.refcount[nr_pages - 1] = 1
         p.pin_unit[nr_pages - 1] = -1
@@ -150,8 +150,9 @@ def _prep_new_folio(pgdat: PgData, pfn: int, order: int) -> None:
         p.flags[pfn] = 0
 
 
-def alloc_pages(pgdat: PgData, order: int = 0) -> int:
-    """Allocate ``2**order`` contiguous frames as one folio.
+def alloc_pages(pgdat: PgData, order: int = 0, zero: bool = False) -> int:
+    """Allocate ``2**order`` contiguous frames as one folio (zero-filled with ``zero``,
+    like ``__GFP_ZERO``).
 
     Return: the head pfn with refcount 1, or -1 when memory is exhausted (``NULL``).
     """
@@ -163,11 +164,13 @@ def alloc_pages(pgdat: PgData, order: int = 0) -> int:
         return -1
     pgdat.vmstat.nr_free_pages -= 1 << order
     _prep_new_folio(pgdat, pfn, order)
+    pgdat.mem.hand_out(np.arange(pfn, pfn + (1 << order), dtype=np.int64), zero)
     return pfn
 
 
-def alloc_pages_bulk(pgdat: PgData, nr_pages: int) -> np.ndarray:
-    """``alloc_pages_bulk()``: up to ``nr_pages`` order-0 pages, each with refcount 1.
+def alloc_pages_bulk(pgdat: PgData, nr_pages: int, zero: bool = False) -> np.ndarray:
+    """``alloc_pages_bulk()``: up to ``nr_pages`` order-0 pages, each with refcount 1
+    (zero-filled with ``zero``).
 
     Return: an int64 pfn array, shorter than asked when memory runs out.
     """
@@ -213,6 +216,7 @@ def alloc_pages_bulk(pgdat: PgData, nr_pages: int) -> np.ndarray:
     p.pin_unit[pfns] = GUP_PIN_COUNTING_BIAS
     p.small[pfns] = 1
     pgdat.vmstat.nr_free_pages -= len(pfns)
+    pgdat.mem.hand_out(pfns, zero)
     return pfns
 
 

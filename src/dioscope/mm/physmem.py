@@ -29,6 +29,9 @@ class PhysMem:
         """All of physical memory as one uint8 array (a view, not a copy)."""
         self.frames = self.bytes.reshape(nr_pages, PAGE_SIZE)
         """Physical memory as a (nr_pages, PAGE_SIZE) array: ``frames[pfn]`` is one frame."""
+        self.pristine = np.ones(nr_pages, bool)
+        """Frames never handed out since boot: still the host's zero-filled memory. Zeroing
+        one is skipped (the host did it; touching it would only fault host memory in)."""
 
     def frame(self, pfn: int) -> memoryview:
         """The bytes of frame ``pfn`` (``page_address()`` / ``kmap_local_page()``)."""
@@ -39,6 +42,19 @@ class PhysMem:
         """``length`` bytes starting ``offset`` bytes into frame ``pfn`` (may cross frames)."""
         start = (pfn << PAGE_SHIFT) + offset
         return self.view[start : start + length]
+
+    def hand_out(self, pfns: np.ndarray, zero: bool) -> None:
+        """Frames leave the allocator: zero them if asked (``__GFP_ZERO``), skipping frames
+        that are still pristine; from now on they may hold anything."""
+        if zero:
+            if len(pfns) == 1:
+                if not self.pristine[pfns[0]]:
+                    self.clear_pages(pfns)
+            else:
+                dirty = pfns[~self.pristine[pfns]]
+                if len(dirty):
+                    self.clear_pages(dirty)
+        self.pristine[pfns] = False
 
     def clear_pages(self, pfns: np.ndarray) -> None:
         """``clear_page()`` on every frame in ``pfns``."""

@@ -39,10 +39,9 @@ class ShmemFile:
         if pfn >= 0:
             return pfn
         pgdat = self.pgdat
-        pfn = alloc_pages(pgdat, 0)
+        pfn = alloc_pages(pgdat, 0, zero=True)
         if pfn < 0:
             return -1
-        pgdat.mem.clear_pages(np.array([pfn]))
         p = pgdat.pages
         p.mapping[pfn] = self.mapping_id
         p.index[pfn] = index
