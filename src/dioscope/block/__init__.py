@@ -1,0 +1,1 @@
+"""The block layer: bios, blk-map, request splitting and merging, devices (``block/``)."""

@@ -1,0 +1,1 @@
+"""Library code: iov_iter (``lib/iov_iter.c``)."""
