@@ -13,10 +13,13 @@ __all__ = [
     "HPAGE_PMD_ORDER",
     "HPAGE_PMD_SIZE",
     "MAX_PAGE_ORDER",
+    "MAX_RW_COUNT",
     "PAGE_MASK",
+    "PAGE_OFFSET",
     "PAGE_SHIFT",
     "PAGE_SIZE",
     "TASK_SIZE",
+    "UIO_MAXIOV",
     "parse_size",
 ]
 
@@ -31,6 +34,16 @@ MAX_PAGE_ORDER = 10
 
 TASK_SIZE = (1 << 47) - PAGE_SIZE
 """x86-64 ``TASK_SIZE_MAX`` with 4-level paging: user addresses are below this."""
+
+PAGE_OFFSET = 0xFFFF888000000000
+"""Start of the kernel's direct map of physical memory (x86-64, 4-level): the kernel virtual
+address of frame ``pfn`` is ``PAGE_OFFSET + pfn * PAGE_SIZE`` (``__va`` / ``virt_to_page``)."""
+
+MAX_RW_COUNT = 0x7FFFF000
+"""``INT_MAX & PAGE_MASK``: the most one read/write syscall moves (``include/linux/fs.h``)."""
+
+UIO_MAXIOV = 1024
+"""``IOV_MAX``: the most iovecs one readv/writev takes (``include/uapi/linux/uio.h``)."""
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
