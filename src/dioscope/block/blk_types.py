@@ -144,13 +144,16 @@ class Bio:
         "bi_status",
         "bi_vcnt",
         "holder",
+        "pgdat",
         "seq",
     )
 
     _seq = 0
 
-    def __init__(self, bdev: Any, nr_vecs: int, opf: int) -> None:
+    def __init__(self, bdev: Any, nr_vecs: int, opf: int, pgdat: Any = None) -> None:
         self.bi_bdev = bdev
+        self.pgdat = pgdat if pgdat is not None else getattr(bdev, "pgdat", None)
+        """Model-only: the memory node whose pages the bvecs name (the kernel's globals)."""
         self.bi_opf = int(opf)
         self.bi_flags = 0
         self.bi_status = 0

@@ -19,6 +19,7 @@ from ..kernel.config import Profile, get_profile
 from ..kernel.events import EventLog
 from ..kernel.hooks import Hooks
 from ..kernel.types import HPAGE_PMD_ORDER, MAX_PAGE_ORDER, PAGE_SHIFT, parse_size
+from ..kernel.workqueue import WorkQueue
 from .page import GUP_PIN_COUNTING_BIAS, PG, PageArray
 from .physmem import PhysMem
 from .vmstat import VmStat
@@ -54,6 +55,8 @@ class PgData:
         self.nr_pages = nr_pages
         self.events = EventLog()
         self.hooks = Hooks()
+        self.system_wq = WorkQueue("events")
+        """``system_wq``: deferred work (e.g. ``bio_dirty_fn``) of this machine."""
         self.vmstat = VmStat()
         self.pages = PageArray(nr_pages)
         self.mem = PhysMem(nr_pages)

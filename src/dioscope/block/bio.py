@@ -1,0 +1,416 @@
+"""Building Direct I/O bios from user pages, and releasing them (``block/bio.c``).
+
+Per profile:
+
+* ``5.9``: ``__bio_iov_iter_get_pages`` takes FOLL_GET references with
+  ``iov_iter_get_pages`` into a page array packed at the tail of the bvec array; a same-page
+  merge drops the duplicate with ``put_page``; ``bio_release_pages`` ``put_page``s every
+  page unless BIO_NO_PAGE_REF (ITER_BVEC).
+* ``5.9-pin`` ([PATCH v3 3/3] "bio: convert get_user_pages_fast() --> pin_user_pages_fast()"):
+  the same code with ``iov_iter_pin_pages``; duplicates dropped with ``unpin_user_page``;
+  ``bio_release_pages`` only unpins.
+* ``6.18``: ``iov_iter_extract_pages`` (pins user-backed iterators, lists others without a
+  reference), BIO_PAGE_PINNED set when ``iov_iter_extract_will_pin`` (Linux commit
+  a7e689dd1c06, v6.5), ITER_BVEC bios reuse the caller's bvec array
+  (``bio_iov_bvec_set``), the extracted size is trimmed to the logical block size; release
+  only if BIO_PAGE_PINNED, folio by folio.
+
+Every distinct page presence in a bio holds exactly one reference or pin; physically
+contiguous pages merge into one (multi-page) bvec but keep one each (spec §11 items 18, 19).
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+import numpy as np
+
+from ..kernel.types import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from ..lib.iov_iter import ITER_TYPE, IovIter, iov_iter_advance, iov_iter_count, iov_iter_revert
+from ..lib.iov_iter_pages import (
+    iov_iter_extract_pages,
+    iov_iter_extract_will_pin,
+    iov_iter_get_pages,
+    iov_iter_pin_pages,
+)
+from ..mm.gup import unpin_user_page
+from ..mm.gup_core import FOLL, gup_put_pages, set_folio_dirty_lock
+from ..mm.page import PG
+from ..mm.page_alloc import PgData
+from ..mm.page_ref import put_page
+from .blk_types import BIO_FLAG, BIO_MAX_VECS, SECTOR_SHIFT, Bio
+
+__all__ = [
+    "bio_add_page",
+    "bio_alloc",
+    "bio_check_pages_dirty",
+    "bio_full",
+    "bio_iov_iter_get_pages",
+    "bio_release_pages",
+    "bio_set_pages_dirty",
+]
+
+UINT_MAX = 0xFFFFFFFF
+
+
+def bio_alloc(bdev: Any, nr_vecs: int, opf: int, pgdat: PgData | None = None) -> Bio | None:
+    """``bio_alloc()``: a bio with room for ``nr_vecs`` bvecs (at most BIO_MAX_VECS).
+
+    Return: the bio, or None for ``nr_vecs`` > BIO_MAX_VECS (``bvec_alloc`` fails).
+    """
+    if nr_vecs > BIO_MAX_VECS:
+        return None
+    return Bio(bdev, max(nr_vecs, 0), opf, pgdat)
+
+
+def bio_full(bio: Bio, length: int) -> bool:
+    """``bio_full()``: no bvec slot left, or ``length`` more bytes would overflow bi_size."""
+    if bio.bi_vcnt >= bio.bi_max_vecs:
+        return True
+    return bio.bi_iter.bi_size > UINT_MAX - length
+
+
+def _lbs(bio: Bio) -> int:
+    bdev = bio.bi_bdev
+    if bdev is None:
+        return 0
+    limits = getattr(bdev, "limits", None)
+    return int(getattr(limits, "logical_block_size", 512))
+
+
+def page_is_mergeable(bio: Bio, k: int, page: int, length: int, off: int) -> tuple[bool, bool]:
+    """``page_is_mergeable()`` [5.9] / ``bvec_try_merge_page()`` [6.x] for bvec ``k``.
+
+    Mergeable iff the new data starts at the physical address right after the bvec's last
+    byte; ``same_page`` when that last byte lies in the same frame as the new data start.
+    Return: (mergeable, same_page).
+    """
+    bv_page, lo = int(bio.bi_io_vec[k, 0]), int(bio.bi_io_vec[k, 1])
+    bv_end = (lo & 0xFFFFFFFF) + (lo >> 32)
+    vec_end_addr = (bv_page << PAGE_SHIFT) + bv_end - 1
+    page_addr = page << PAGE_SHIFT
+    if vec_end_addr + 1 != page_addr + off:
+        return False, False
+    same = (vec_end_addr & PAGE_MASK) == ((page_addr + off) & PAGE_MASK)
+    return True, same
+
+
+def __bio_try_merge_page(bio: Bio, page: int, length: int, off: int) -> tuple[bool, bool]:
+    """``__bio_try_merge_page()``: merge into the last bvec. Return: (merged, same_page)."""
+    if bio.bio_flagged(BIO_FLAG.BIO_CLONED):
+        bio.pgdat.events.warn_once("__bio_try_merge_page", "merge into a cloned bio")
+        return False, False
+    if bio.bi_vcnt > 0:
+        k = bio.bi_vcnt - 1
+        ok, same = page_is_mergeable(bio, k, page, length, off)
+        if ok:
+            if bio.bi_iter.bi_size > UINT_MAX - length:
+                return False, False
+            bio.bi_io_vec[k, 1] += length << 32
+            bio.bi_iter.bi_size += length
+            return True, same
+    return False, False
+
+
+def __bio_add_page(bio: Bio, page: int, length: int, off: int) -> None:
+    """``__bio_add_page()``: append a new bvec (the caller checked bio_full)."""
+    bio.set_bvec(bio.bi_vcnt, page, length, off)
+    bio.bi_vcnt += 1
+    bio.bi_iter.bi_size += length
+
+
+def bio_add_page(bio: Bio, page: int, length: int, off: int) -> int:
+    """``bio_add_page()``: add a page range, merging into the last bvec when contiguous.
+
+    Does not release anything on a same-page merge (callers that took a reference do).
+    Return: ``length``, or 0 if the bio is full.
+    """
+    merged, _same = __bio_try_merge_page(bio, page, length, off)
+    if not merged:
+        if bio_full(bio, length):
+            return 0
+        __bio_add_page(bio, page, length, off)
+    return length
+
+
+# --- page release --------------------------------------------------------------------------
+def _release_one(bio: Bio, page: int, site: str) -> None:
+    """``bio_release_page()``: drop what the bio took on one page, per profile."""
+    pgdat = bio.pgdat
+    if pgdat.cfg.IOV_ITER_EXTRACT:
+        if bio.bio_flagged(BIO_FLAG.BIO_PAGE_PINNED):
+            unpin_user_page(pgdat, page, holder=bio.holder)
+    elif pgdat.cfg.DIO_FOLL_PIN:
+        unpin_user_page(pgdat, page, holder=bio.holder)
+    else:
+        put_page(pgdat, page, holder=bio.holder, site=site)
+
+
+def bio_release_pages(bio: Bio, mark_dirty: bool) -> None:
+    """``bio_release_pages()``: dirty (optionally) and release every page of the bio.
+
+    [5.9]: nothing for BIO_NO_PAGE_REF; otherwise each page (compound pages are not
+    dirtied) then ``put_page``. [5.9-pin]: the same with ``unpin_user_page`` — after the
+    series every bio that reaches here holds pins. [6.18]: only for BIO_PAGE_PINNED; each
+    folio is dirtied (compound included) and unpinned.
+    """
+    pgdat = bio.pgdat
+    cfg = pgdat.cfg
+    if cfg.IOV_ITER_EXTRACT:
+        if not bio.bio_flagged(BIO_FLAG.BIO_PAGE_PINNED):
+            return
+    elif bio.bio_flagged(BIO_FLAG.BIO_NO_PAGE_REF):
+        return
+    pages = bio.pages()
+    if mark_dirty:
+        p = pgdat.pages
+        for page in pages.tolist():
+            head = int(p.head[page])
+            if not cfg.IOV_ITER_EXTRACT and int(p.order[page]) > 0:
+                continue  # [5.9] !PageCompound
+            set_folio_dirty_lock(pgdat, head if cfg.IOV_ITER_EXTRACT else page)
+    if cfg.DIO_FOLL_PIN:
+        gup_put_pages(pgdat, pages, int(FOLL.FOLL_PIN), bio.holder, "bio_release_pages")
+    else:
+        gup_put_pages(pgdat, pages, int(FOLL.FOLL_GET), bio.holder, "bio_release_pages")
+
+
+def bio_set_pages_dirty(bio: Bio) -> None:
+    """``bio_set_pages_dirty()``: dirty the pages of a READ before it is submitted, so they
+    are already dirty when the device writes them ([5.9] skips compound pages)."""
+    pgdat = bio.pgdat
+    p = pgdat.pages
+    v6 = pgdat.cfg.IOV_ITER_EXTRACT
+    for page in bio.pages().tolist():
+        if not v6 and int(p.order[page]) > 0:
+            continue
+        set_folio_dirty_lock(pgdat, int(p.head[page]) if v6 else page)
+
+
+def bio_check_pages_dirty(bio: Bio) -> None:
+    """``bio_check_pages_dirty()`` (takes over the bio): if every page is still dirty,
+    release the pages and put the bio now; otherwise (something cleaned a page during the
+    I/O) queue it on ``bio_dirty_list`` and let the ``bio_dirty_fn`` work item re-dirty and
+    release it in process context."""
+    pgdat = bio.pgdat
+    p = pgdat.pages
+    v6 = pgdat.cfg.IOV_ITER_EXTRACT
+    pages = bio.pages()
+    heads = p.head[pages]
+    dirty = (p.flags[heads] & np.uint32(PG.PG_dirty)) != 0
+    if not v6:
+        dirty |= p.order[pages] > 0
+    if dirty.all():
+        bio_release_pages(bio, False)
+        bio.bio_put_ref()
+        return
+    dirty_list = _dirty_list(pgdat)
+    dirty_list.append(bio)
+    pgdat.system_wq.schedule_work(dirty_list.work)
+
+
+class _BioDirtyList(list[Bio]):
+    """``bio_dirty_list`` + ``bio_dirty_work`` of one machine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deferred = 0
+
+    def work(self) -> None:
+        """``bio_dirty_fn()``: re-dirty and release every queued bio."""
+        todo = list(self)
+        self.clear()
+        for bio in todo:
+            self.deferred += 1
+            bio_release_pages(bio, True)
+            bio.bio_put_ref()
+
+
+def _dirty_list(pgdat: PgData) -> _BioDirtyList:
+    lst = getattr(pgdat, "_bio_dirty_list", None)
+    if lst is None:
+        lst = _BioDirtyList()
+        pgdat._bio_dirty_list = lst  # type: ignore[attr-defined]
+    return lst
+
+
+def bio_dirty_deferred(pgdat: PgData) -> int:
+    """How many bios went through the deferred ``bio_dirty_fn`` path on this machine."""
+    return _dirty_list(pgdat).deferred
+
+
+# --- bio_iov_iter_get_pages ------------------------------------------------------------------
+def __bio_iov_bvec_add_pages(bio: Bio, it: IovIter) -> int:
+    """[5.9] ``__bio_iov_bvec_add_pages()``: the current bvec, no reference taken."""
+    k = it._seg
+    bv_page, lo = int(it.segs[k, 0]), int(it.segs[k, 1])
+    bv_len, bv_off = lo >> 32, lo & 0xFFFFFFFF
+    if it.iov_offset > bv_len:
+        bio.pgdat.events.warn_once("__bio_iov_bvec_add_pages", "iov_offset past bvec")
+        return -errno.EINVAL
+    length = min(bv_len - it.iov_offset, it.count)
+    size = bio_add_page(bio, bv_page, length, bv_off + it.iov_offset)
+    if size != length:
+        return -errno.EINVAL
+    iov_iter_advance(it, size)
+    return 0
+
+
+def _page_array(bio: Bio) -> tuple[np.ndarray, int]:
+    """The tail-packed page array: the second half of the free bvec area, as words."""
+    entries_left = bio.bi_max_vecs - bio.bi_vcnt
+    words = bio.tail_words()
+    start = 2 * bio.bi_vcnt + entries_left
+    return words[start : start + entries_left], entries_left
+
+
+def __bio_iov_iter_get_pages_59(bio: Bio, it: IovIter) -> int:
+    """[5.9] / [5.9-pin] ``__bio_iov_iter_get_pages()``: one user segment per call."""
+    pgdat = bio.pgdat
+    pages, entries_left = _page_array(bio)
+    if pgdat.cfg.DIO_FOLL_PIN:
+        size, offset = iov_iter_pin_pages(it, pages, 1 << 62, entries_left, holder=bio.holder)
+    else:
+        size, offset = iov_iter_get_pages(it, pages, 1 << 62, entries_left, holder=bio.holder)
+    if size <= 0:
+        return size if size else -errno.EFAULT
+    left = size
+    i = 0
+    while left > 0:
+        page = int(pages[i])
+        length = min(PAGE_SIZE - offset, left)
+        merged, same = __bio_try_merge_page(bio, page, length, offset)
+        if merged:
+            if same:
+                _release_one(bio, page, "__bio_iov_iter_get_pages")
+        else:
+            if bio_full(bio, length):
+                pgdat.events.warn_once("__bio_iov_iter_get_pages", "bio full")
+                return -errno.EINVAL
+            __bio_add_page(bio, page, length, offset)
+        offset = 0
+        left -= length
+        i += 1
+    iov_iter_advance(it, size)
+    return 0
+
+
+def __bio_iov_iter_get_pages_6(bio: Bio, it: IovIter) -> int:
+    """[6.18] ``__bio_iov_iter_get_pages()``: extract, trim to the logical block size, add
+    pages (releasing a same-page duplicate), revert and release what was not used."""
+    pages, entries_left = _page_array(bio)
+    size, _p, offset = iov_iter_extract_pages(
+        it, pages, UINT_MAX - bio.bi_iter.bi_size, entries_left, holder=bio.holder
+    )
+    if size <= 0:
+        return size if size else -errno.EFAULT
+    nr_pages = (offset + size + PAGE_SIZE - 1) // PAGE_SIZE
+    lbs = _lbs(bio)
+    if lbs:
+        trim = size & (lbs - 1)
+        iov_iter_revert(it, trim)
+        size -= trim
+    ret = 0
+    i = 0
+    if size == 0:
+        ret = -errno.EFAULT
+    left = size
+    while left > 0:
+        page = int(pages[i])
+        length = min(PAGE_SIZE - offset, left)
+        merged, same = __bio_try_merge_page(bio, page, length, offset)
+        if merged:
+            if same:
+                _release_one(bio, page, "bio_iov_add_page")
+        else:
+            if bio_full(bio, length):
+                break
+            __bio_add_page(bio, page, length, offset)
+        offset = 0
+        left -= length
+        i += 1
+    iov_iter_revert(it, left)
+    while i < nr_pages:
+        _release_one(bio, int(pages[i]), "__bio_iov_iter_get_pages")
+        i += 1
+    return ret
+
+
+def bio_iov_bvec_set(bio: Bio, it: IovIter) -> None:
+    """``bio_iov_bvec_set()`` [5.12+]: point the bio at the caller's bvec array (no refs).
+
+    SIMPLIFIED: the model copies the bvec rows instead of sharing the array.
+    """
+    n = min(it.nr_segs, bio.bi_max_vecs) if bio.bi_max_vecs else it.nr_segs
+    rows = it.segs[it._seg : it._seg + max(n, it.nr_segs)]
+    bio.bi_io_vec = rows.copy()
+    bio.bi_max_vecs = len(rows)
+    bio.bi_vcnt = len(rows)
+    if len(rows) and it.iov_offset:
+        # The first bvec starts iov_offset bytes in.
+        lo = int(bio.bi_io_vec[0, 1])
+        bio.bi_io_vec[0, 1] = (((lo >> 32) - it.iov_offset) << 32) | (
+            (lo & 0xFFFFFFFF) + it.iov_offset)
+    total = int((bio.bi_io_vec[:, 1] >> 32).sum()) if len(rows) else 0
+    if total > it.count:
+        # Trim the last bvec so the bio covers exactly count bytes.
+        excess = total - it.count
+        k = len(rows) - 1
+        while excess > 0 and k >= 0:
+            blen = int(bio.bi_io_vec[k, 1]) >> 32
+            cut = min(blen, excess)
+            bio.bi_io_vec[k, 1] -= cut << 32
+            excess -= cut
+            if blen == cut:
+                bio.bi_vcnt -= 1
+            k -= 1
+    bio.bi_iter.bi_size = it.count
+    bio.bio_set_flag(BIO_FLAG.BIO_CLONED)
+
+
+def bio_iov_iter_get_pages(bio: Bio, it: IovIter) -> int:
+    """``bio_iov_iter_get_pages()``: fill ``bio`` from ``it`` and take what each profile
+    takes on the pages.
+
+    Loops one segment at a time until the bio is full or the iterator is empty; an error
+    after at least one bvec was added is swallowed (the bio is shorter).
+    Context: may fault pages in.
+    Return: 0, or -errno if nothing could be added (-EFAULT for an unmapped first page,
+    -EINVAL for a bio that already has bvecs [5.9]).
+    """
+    pgdat = bio.pgdat
+    cfg = pgdat.cfg
+    if cfg.IOV_ITER_EXTRACT:
+        if bio.bio_flagged(BIO_FLAG.BIO_CLONED):
+            pgdat.events.warn_once("bio_iov_iter_get_pages", "cloned bio")
+            return -errno.EIO
+        if it.iter_type == ITER_TYPE.ITER_BVEC:
+            bio_iov_bvec_set(bio, it)
+            iov_iter_advance(it, bio.bi_iter.bi_size)
+            return 0
+        if iov_iter_extract_will_pin(it):
+            bio.bio_set_flag(BIO_FLAG.BIO_PAGE_PINNED)
+        while True:
+            ret = __bio_iov_iter_get_pages_6(bio, it)
+            if ret or not iov_iter_count(it) or bio_full(bio, 0):
+                break
+        return 0 if bio.bi_vcnt else ret
+    if bio.bi_vcnt:
+        pgdat.events.warn_once("bio_iov_iter_get_pages", "bio already has bvecs")
+        return -errno.EINVAL
+    is_bvec = it.iter_type == ITER_TYPE.ITER_BVEC
+    while True:
+        if is_bvec:
+            ret = __bio_iov_bvec_add_pages(bio, it)
+        else:
+            ret = __bio_iov_iter_get_pages_59(bio, it)
+        if ret or not iov_iter_count(it) or bio_full(bio, 0):
+            break
+    if is_bvec:
+        bio.bio_set_flag(BIO_FLAG.BIO_NO_PAGE_REF)
+    return 0 if bio.bi_vcnt else ret
+
+
+def bio_sectors(bio: Bio) -> int:
+    return bio.bi_iter.bi_size >> SECTOR_SHIFT
