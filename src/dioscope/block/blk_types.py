@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..kernel.types import PAGE_SHIFT, PAGE_SIZE
+
+if TYPE_CHECKING:
+    from ..mm.page_alloc import PgData
 
 __all__ = [
     "BIO_MAX_VECS",
@@ -152,7 +155,7 @@ class Bio:
 
     def __init__(self, bdev: Any, nr_vecs: int, opf: int, pgdat: Any = None) -> None:
         self.bi_bdev = bdev
-        self.pgdat = pgdat if pgdat is not None else getattr(bdev, "pgdat", None)
+        self.pgdat: PgData = pgdat if pgdat is not None else bdev.pgdat
         """Model-only: the memory node whose pages the bvecs name (the kernel's globals)."""
         self.bi_opf = int(opf)
         self.bi_flags = 0
