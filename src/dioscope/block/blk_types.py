@@ -65,8 +65,12 @@ class REQ_FLAG(enum.IntFlag):
     REQ_IDLE = 1 << 15
     REQ_FUA = 1 << 17
     REQ_PREFLUSH = 1 << 18
+    REQ_RAHEAD = 1 << 19
+    REQ_BACKGROUND = 1 << 20
     REQ_NOWAIT = 1 << 21
     REQ_POLLED = 1 << 23
+    REQ_ATOMIC = 1 << 27
+    """[6.11+] untorn write; traced as ``U`` by ``blk_fill_rwbs``."""
 
 
 REQ_OP_MASK = 0xFF
@@ -90,6 +94,9 @@ class BIO_FLAG(enum.IntFlag):
     BIO_CHAIN = 1 << 6
     BIO_REFFED = 1 << 7
     BIO_SPLIT = 1 << 8  # model-only: a clone made by bio_split
+    BIO_TRACE_COMPLETION = 1 << 9
+    """``block_bio_queue`` was traced, so ``bio_endio`` traces ``block_bio_complete``
+    (``blk_update_request`` clears it: a request's completion is traced instead)."""
 
 
 class BLK_STS(enum.IntEnum):
