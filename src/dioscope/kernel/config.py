@@ -114,6 +114,17 @@ class Profile:
     """DIO user memory needs only the queue's dma_alignment, not the logical block size
     (v6.0: bdev_iter_is_aligned)."""
 
+    # --- block layer -------------------------------------------------------------------------
+    PLUG_MERGE_LAST_RQ: bool = False
+    """A bio tries to merge only into the request most recently added to the task's plug.
+    False: every plugged request of the queue, newest first. Linux commit db1a6ab38f10
+    ("block: remove plug based merging") (v5.16)."""
+
+    TRACE_RQ_IOPRIO: bool = False
+    """``block_rq_insert`` / ``_issue`` / ``_complete`` print the request's I/O priority
+    (``be,0,4``) after ``sector + nr_sectors``. Linux commit aa6ff4eb7c10 ("block: Add
+    ioprio to block_rq tracepoint") (2025); present on the 6.18 host."""
+
     def derive(self, **changes: Any) -> Profile:
         """Return a variant of this profile with some switches changed (for experiments)."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -154,6 +165,8 @@ PROFILE_6_18 = Profile(
     ITER_UBUF=True,
     DIO_MEM_ALIGN_DMA=True,
     GUP_ARGS_6X=True,
+    PLUG_MERGE_LAST_RQ=True,
+    TRACE_RQ_IOPRIO=True,
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (PROFILE_5_9, PROFILE_5_9_PIN, PROFILE_6_18)}
