@@ -180,10 +180,16 @@ def zap_page_range(vma: VmArea, s0: int, s1: int, site: str = "zap_pte_range") -
         return
     special = (flags & PTE_SPECIAL) != 0
     pmd = (flags & PTE_PMD) != 0
-    # Dirty PTEs of page-cache pages hand their dirty bit to the page (page_remove_rmap).
+    # Dirty PTEs of page-cache pages hand their dirty bit to the page; anonymous pages do
+    # not get PG_dirty from an unmap (zap_present_folio_ptes() [6.x] / zap_pte_range() [5.9]
+    # call folio_mark_dirty() only when !folio_test_anon()). A pinned anon page zapped here
+    # must still be dirtied by unpin_user_pages_dirty_lock().
     dirty = mapped & ~special & ((flags & PTE_DIRTY) != 0)
     if dirty.any():
-        p.flags[pfns[dirty]] |= np.uint32(PG.PG_dirty)
+        dp = pfns[dirty]
+        dp = dp[(p.flags.take(dp) & np.uint32(PG.PG_anon)) == 0]
+        if len(dp):
+            p.flags[dp] |= np.uint32(PG.PG_dirty)
     if pmd.any():
         heads = np.unique(p.head.take(pfns[pmd]))
         for h in heads.tolist():
