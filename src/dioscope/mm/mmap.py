@@ -21,7 +21,8 @@ import numpy as np
 from ..kernel.types import HPAGE_PMD_SIZE, PAGE_SIZE, TASK_SIZE
 from .memory import PTE_PROTNONE, populate_range, split_huge_pmd, zap_page_range
 from .mm_types import VM, MmStruct, VmArea
-from .pgtable import PTE_PMD, PTE_PRESENT, PTE_RW
+from .page import PG
+from .pgtable import PTE_PMD, PTE_PRESENT, PTE_RW, PTE_SPECIAL
 from .shmem import ShmemFile
 
 __all__ = [
@@ -46,8 +47,11 @@ PROT_NONE = 0x0
 PROT_READ = 0x1
 PROT_WRITE = 0x2
 PROT_EXEC = 0x4
+PROT_SEM = 0x8
 MAP_SHARED = 0x01
 MAP_PRIVATE = 0x02
+MAP_SHARED_VALIDATE = 0x03
+MAP_TYPE = 0x0F
 MAP_FIXED = 0x10
 MAP_ANONYMOUS = 0x20
 MAP_POPULATE = getattr(_pymmap, "MAP_POPULATE", 0x8000)
@@ -152,15 +156,25 @@ def do_mmap(
 ) -> int:
     """``mmap(2)`` for anonymous memory (and, later, files via ``vm_file``).
 
-    Return: the mapping's address, or -errno: EINVAL (zero length, neither or both of
-    MAP_SHARED/MAP_PRIVATE, unaligned MAP_FIXED address), ENOMEM (no room, or a length
-    beyond the address space).
+    ``length`` is a ``size_t``. Unknown ``prot`` bits are ignored, as ``calc_vm_prot_bits()``
+    ignores them (only mprotect() validates prot).
+
+    Return: the mapping's address, or -errno: EINVAL (zero length; a map type other than
+    MAP_SHARED or MAP_PRIVATE, and for a file also MAP_SHARED_VALIDATE; unaligned MAP_FIXED
+    address), EPERM (MAP_FIXED below mmap_min_addr), ENOMEM (no room, or a length beyond the
+    address space).
     """
-    if length <= 0:
+    length &= (1 << 64) - 1
+    if length == 0:
         return -errno.EINVAL
-    if not flags & (MAP_SHARED | MAP_PRIVATE):
-        return -errno.EINVAL  # 0x03 is MAP_SHARED_VALIDATE: shared
-    if prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC):
+    # do_mmap(): switch (flags & MAP_TYPE). Anonymous memory takes only MAP_SHARED and
+    # MAP_PRIVATE; MAP_SHARED_VALIDATE is EINVAL there (measured on the host, 6.18).
+    types = (
+        (MAP_SHARED, MAP_PRIVATE)
+        if vm_file is None
+        else (MAP_SHARED, MAP_SHARED_VALIDATE, MAP_PRIVATE)
+    )
+    if (flags & MAP_TYPE) not in types:
         return -errno.EINVAL
     length = _page_align(length)
     if length > TASK_SIZE:
@@ -192,9 +206,11 @@ def do_mmap(
 
 
 def do_mprotect(mm: MmStruct, start: int, length: int, prot: int) -> int:
-    """``mprotect(2)``. Return 0 or -errno: EINVAL (unaligned, bad prot), ENOMEM (a hole in
-    the range; VMAs before the hole keep their change, as the kernel leaves them)."""
-    if start % PAGE_SIZE or prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC):
+    """``mprotect(2)``. Return 0 or -errno: EINVAL (unaligned, bad prot: anything but
+    PROT_READ|PROT_WRITE|PROT_EXEC|PROT_SEM, as the generic ``arch_validate_prot()`` says),
+    ENOMEM (a hole in the range; VMAs before the hole keep their change, as the kernel
+    leaves them)."""
+    if start % PAGE_SIZE or prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM):
         return -errno.EINVAL
     if length == 0:
         return 0
@@ -214,21 +230,44 @@ def do_mprotect(mm: MmStruct, start: int, length: int, prot: int) -> int:
 
 
 def _change_protection(vma: VmArea, prot: int) -> None:
-    """``mprotect_fixup()`` + ``change_protection()`` for one whole VMA."""
+    """``mprotect_fixup()`` + ``change_protection()`` for one whole VMA.
+
+    Unchanged flags change nothing (``mprotect_fixup()`` returns early). Otherwise each PTE
+    gets the new ``vm_page_prot`` (``change_pte_range()``: ``pte_modify()``): a private
+    mapping's page protection never includes write (writes COW through do_wp_page), so its
+    PTEs become read-only even when write stays allowed; a shared mapping's PTEs become
+    writable with PROT_WRITE.
+
+    [6.18] (ANON_EXCLUSIVE) a private writable mapping keeps exclusive anonymous pages
+    writable instead (MM_CP_TRY_CHANGE_WRITABLE, ``can_change_pte_writable()``), as Linux
+    commit 64fe24a3e05e ("mm/mprotect: try avoiding write faults for exclusive anonymous
+    pages when changing protection") (v6.0) does; measured on the host (6.18): a write after
+    mprotect(PROT_READ) then mprotect(PROT_READ|PROT_WRITE) takes no fault. SIMPLIFIED: keyed
+    on ANON_EXCLUSIVE (v5.19), which the change needs; no profile lies between v5.19 and v6.0.
+    """
     keep = ~(VM.VM_READ | VM.VM_WRITE | VM.VM_EXEC)
-    vma.vm_flags = VM((vma.vm_flags & keep) | (_calc_vm_flags(prot, 0) & ~keep))
+    newflags = VM((vma.vm_flags & keep) | (_calc_vm_flags(prot, 0) & ~keep))
+    if newflags == vma.vm_flags:
+        return
+    vma.vm_flags = newflags
     fl = vma.pt_flags
-    mapped = (vma.pt_pfn >= 0)
+    mapped = vma.pt_pfn >= 0
     if prot == PROT_NONE:
         sel = mapped & ((fl & PTE_PRESENT) != 0)
-        fl[sel] = (fl[sel] & ~PTE_PRESENT) | PTE_PROTNONE
+        fl[sel] = (fl[sel] & ~(PTE_PRESENT | PTE_RW)) | PTE_PROTNONE
         return
     back = mapped & ((fl & PTE_PROTNONE) != 0)
     fl[back] = (fl[back] & ~PTE_PROTNONE) | PTE_PRESENT
+    fl &= ~PTE_RW
     if not prot & PROT_WRITE:
-        fl &= ~PTE_RW
-    elif vma.vm_flags & VM.VM_SHARED:
+        return
+    if vma.vm_flags & VM.VM_SHARED:
         fl[mapped] |= PTE_RW
+    elif vma.vm_mm.pgdat.cfg.ANON_EXCLUSIVE:
+        cand = np.flatnonzero(mapped & ((fl & PTE_SPECIAL) == 0))
+        want = np.uint32(PG.PG_anon | PG.PG_anon_exclusive)
+        excl = (vma.vm_mm.pgdat.pages.flags.take(vma.pt_pfn[cand]) & want) == want
+        fl[cand[excl]] |= PTE_RW
 
 
 def do_madvise(mm: MmStruct, start: int, length: int, advice: int) -> int:
@@ -276,4 +315,3 @@ def mapped_bytes(mm: MmStruct) -> int:
 def resident_pages(mm: MmStruct) -> int:
     """Page-table slots that map a page (RSS, zero-page slots included)."""
     return int(sum(int(np.count_nonzero(v.pt_pfn >= 0)) for v in mm.vmas))
-
