@@ -311,12 +311,6 @@ def test_refcount_nonneg_checks_the_page_table_releases_too(rig: Rig) -> None:
     assert f"pfn {pfn:#x} refcount is -1" in v.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model bug in mm/gup.py _gup_fast_unique: its slice shortcut takes "
-    "pfns[-1] - pfns[0] == nr_pages - 1 to mean the run is [pfns[0], pfns[0] + nr_pages), "
-    "so a run [A, X, A+2] biases frame A+1 instead of X. Remove this mark once fixed.",
-)
 def test_pin_bias_quiet_when_gup_fast_pins_a_non_contiguous_run(rig_for: RigFor) -> None:
     r = rig_for("5.9")
     addr = r.buf(20)

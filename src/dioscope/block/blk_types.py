@@ -26,11 +26,11 @@ if TYPE_CHECKING:
     from ..mm.page_alloc import PgData
 
 __all__ = [
-    "BIO_MAX_VECS",
     "BIO_FLAG",
+    "BIO_MAX_VECS",
     "BLK_STS",
-    "REQ_OP",
     "REQ_FLAG",
+    "REQ_OP",
     "SECTOR_SHIFT",
     "Bio",
     "BvecIter",

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..kernel.types import PAGE_SIZE
 from ..mm.page_alloc import PgData, alloc_pages
-from ..mm.page_ref import put_page
+from ..mm.page_ref import drop_refs
 
 if TYPE_CHECKING:
     from .iov_iter import IovIter
@@ -69,7 +69,7 @@ class PipeInodeInfo:
         self.buf_len[s] = 0
         self.buf_ours[s] = False
         if page >= 0:
-            put_page(self.pgdat, page, holder=self, site="pipe_buf_release")
+            drop_refs(self.pgdat, np.array([page], np.int64), "pipe_buf_release")
 
     def read(self, n: int) -> bytes:
         """Consume up to ``n`` bytes from the tail (``pipe_read``)."""

@@ -25,6 +25,7 @@ from .memory import PTE_PROTNONE, _new_anon, split_huge_pmd
 from .mm_types import VM, MmStruct, VmArea
 from .page import PG
 from .page_alloc import alloc_pages
+from .page_ref import page_ref_add
 from .pgtable import PTE_ACCESSED, PTE_DIRTY, PTE_FASTPIN, PTE_PMD, PTE_PRESENT, PTE_RW, PTE_SPECIAL
 
 __all__ = ["dup_mmap"]
@@ -60,7 +61,7 @@ def _copy_pmds(src: VmArea, dst: VmArea, early_cow: bool) -> None:
         if early_cow and folio_maybe_dma_pinned(pgdat, head):
             split_huge_pmd(src, s0)  # then copied as PTEs below
             continue
-        p.refcount[head] += np.int32(1)
+        page_ref_add(pgdat, head, 1)
         p.entire_mapcount[head] += 1
         p.flags[head : head + HPAGE_PMD_NR] &= _NOT_EXCL
         src.pt_flags[s0:s1] &= ~PTE_RW

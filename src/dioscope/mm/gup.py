@@ -31,6 +31,7 @@ from .memory import FAULT_FLAG, handle_mm_fault
 from .mm_types import VM, MmStruct, VmArea
 from .page import PG
 from .page_alloc import ZERO_PFN, PgData
+from .page_ref import page_ref_add
 from .pgtable import PTE_FAST_READ, PTE_FAST_WRITE, PTE_PMD, PTE_PRESENT, PTE_RW, PTE_SPECIAL
 
 __all__ = [
@@ -77,11 +78,11 @@ def _gup_fast_unique(
     pfns = vma.pt_pfn[s0 : s0 + nr_pages]
     pgdat = mm.pgdat
     rc = pgdat.pages.refcount
-    p0 = int(pfns[0])
+    p0 = int(pfns[pfns.argmin()])
     inc = 1024 if pin else 1
-    if int(pfns[-1]) - p0 == nr_pages - 1:
-        # Distinct pfns spanning exactly nr_pages frames: the run is the frame range
-        # [p0, p0 + nr_pages) (in some order), so a slice does the scatter.
+    if int(pfns[pfns.argmax()]) - p0 == nr_pages - 1:
+        # nr_pages distinct pfns between p0 and p0 + nr_pages - 1: the run is exactly that
+        # frame range (in some order), so a slice does the scatter.
         run = rc[p0 : p0 + nr_pages]
         run += np.int32(inc)
         if run[run.argmin()] <= inc:
@@ -510,7 +511,7 @@ def pin_page(pgdat: PgData, page: int, *, holder: object = None) -> None:
     if int(p.refcount[head]) <= 0:
         pgdat.events.bug("pin_page", f"pin_page on a page with refcount <= 0: {p.describe(page)}")
     unit = int(p.pin_unit[head])
-    p.refcount[head] += np.int32(unit)
+    page_ref_add(pgdat, head, unit)
     if unit == 1:
         p.pincount[head] += 1
     pgdat.vmstat.nr_foll_pin_acquired += 1
@@ -535,11 +536,11 @@ def folio_add_pin(pgdat: PgData, folio: int, *, holder: object = None) -> None:
     if int(p.pin_unit[folio]) == 1:
         if int(p.pincount[folio]) < 1:
             pgdat.events.warn_once("folio_add_pin", "folio_add_pin on an unpinned large folio")
-        p.refcount[folio] += np.int32(1)
+        page_ref_add(pgdat, folio, 1)
         p.pincount[folio] += 1
     else:
         if int(p.refcount[folio]) < 1024:
             pgdat.events.warn_once("folio_add_pin", "folio_add_pin on an unpinned small folio")
-        p.refcount[folio] += np.int32(1024)
+        page_ref_add(pgdat, folio, 1024)
     if pgdat.hooks.active:
         pgdat.hooks.acquire("pin", np.array([folio], np.int64), holder, "folio_add_pin")

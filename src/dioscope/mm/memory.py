@@ -32,7 +32,7 @@ from ..kernel.types import HPAGE_PMD_NR, HPAGE_PMD_ORDER, PAGE_SHIFT
 from .mm_types import VM, VmArea
 from .page import PG
 from .page_alloc import ZERO_PFN, PgData, alloc_pages, alloc_pages_bulk
-from .page_ref import folio_put_refs, put_pages
+from .page_ref import drop_refs, folio_put_refs, page_ref_add
 from .pgtable import (
     PTE_ACCESSED,
     PTE_DIRTY,
@@ -154,7 +154,7 @@ def split_huge_pmd(vma: VmArea, slot: int) -> None:
         return
     p.entire_mapcount[head] -= 1
     p.mapcount[head : head + HPAGE_PMD_NR] += 1
-    p.refcount[head] += np.int32(HPAGE_PMD_NR - 1)
+    page_ref_add(pgdat, head, HPAGE_PMD_NR - 1)
     vma.pt_flags[s0:s1] = keep
 
 
@@ -201,7 +201,7 @@ def zap_page_range(vma: VmArea, s0: int, s1: int, site: str = "zap_pte_range") -
     if small.any():
         sp = pfns[small]
         np.subtract.at(p.mapcount, sp, np.int32(1))
-        put_pages(pgdat, sp, site=site)
+        drop_refs(pgdat, sp, site)
     vma.pt_pfn[s0:s1] = -1
     vma.pt_flags[s0:s1] = 0
 
@@ -311,7 +311,7 @@ def _do_shared_fault(vma: VmArea, slot: int) -> int:
     if pfn < 0:
         return VM_FAULT.VM_FAULT_OOM
     p = pgdat.pages
-    p.refcount[pfn] += np.int32(1)
+    page_ref_add(pgdat, pfn, 1)
     p.mapcount[pfn] += 1
     vma.pt_pfn[slot] = pfn
     fl = PTE_PRESENT | PTE_ACCESSED
@@ -386,7 +386,7 @@ def populate_range(vma: VmArea, s0: int, s1: int, write: bool) -> int:
         slots = todo + s0
         pfns = alloc_pages_bulk(pgdat, len(slots), zero=True)
         if len(pfns) < len(slots):
-            put_pages(pgdat, pfns, site="populate_range")
+            drop_refs(pgdat, pfns, "populate_range")
             return VM_FAULT.VM_FAULT_OOM
         _new_anon(pgdat, vma, pfns, slots)
         vma.pt_pfn[slots] = pfns

@@ -16,12 +16,20 @@ import numpy as np
 from .page_alloc import PgData, free_pages
 
 __all__ = [
+    "drop_refs",
     "folio_put_refs",
     "get_page",
     "page_count",
+    "page_ref_add",
     "put_page",
     "put_pages",
 ]
+
+
+def page_ref_add(pgdat: PgData, head: int, nr: int) -> None:
+    """``page_ref_add()``: add ``nr`` (may be negative) to a folio's refcount, wrapping at 32
+    bits as ``atomic_t`` does (a slice update, so numpy wraps silently)."""
+    pgdat.pages.refcount[head : head + 1] += np.int32(nr)
 
 
 def page_count(pgdat: PgData, page: int) -> int:
@@ -39,16 +47,15 @@ def get_page(pgdat: PgData, page: int, *, holder: object = None, site: str = "ge
     head = int(p.head[page])
     if int(p.refcount[head]) <= 0:
         pgdat.events.warn_once("get_page", f"get_page on a page with refcount <= 0: pfn {page:#x}")
-    p.refcount[head] += np.int32(1)
+    page_ref_add(pgdat, head, 1)
     if pgdat.hooks.active:
         pgdat.hooks.acquire("get", np.array([page], np.int64), holder, site)
 
 
 def folio_put_refs(pgdat: PgData, head: int, refs: int, site: str = "folio_put_refs") -> None:
     """Drop ``refs`` references from the folio headed by ``head``; free it at zero."""
-    p = pgdat.pages
-    p.refcount[head] -= np.int32(refs)
-    if int(p.refcount[head]) == 0:
+    page_ref_add(pgdat, head, -refs)
+    if int(pgdat.pages.refcount[head]) == 0:
         free_pages(pgdat, head, site)
 
 
@@ -62,7 +69,8 @@ def put_page(pgdat: PgData, page: int, *, holder: object = None, site: str = "pu
 def put_pages(
     pgdat: PgData, pages: np.ndarray, *, holder: object = None, site: str = "put_page"
 ) -> None:
-    """``put_page()`` on every entry of ``pages`` (NULL entries skipped), vectorized.
+    """``put_page()`` on every entry of ``pages`` (NULL entries skipped), vectorized, for
+    references taken with :func:`get_page` or FOLL_GET (reported to the hooks).
 
     The same folio may appear many times; each entry drops one reference.
     """
@@ -71,6 +79,14 @@ def put_pages(
         return
     if pgdat.hooks.active:
         pgdat.hooks.release("get", pages, holder, site)
+    drop_refs(pgdat, pages, site)
+
+
+def drop_refs(pgdat: PgData, pages: np.ndarray, site: str) -> None:
+    """Drop one reference per entry for references the hooks never saw taken: those a page
+    table, the page cache or a pipe buffer holds by owning the page. Frees at zero."""
+    if not len(pages):
+        return
     p = pgdat.pages
     heads = p.head.take(pages)
     np.subtract.at(p.refcount, heads, np.int32(1))

@@ -15,7 +15,7 @@ import numpy as np
 from ..kernel.types import PAGE_SHIFT
 from .page import PG
 from .page_alloc import PgData, alloc_pages
-from .page_ref import put_pages
+from .page_ref import drop_refs
 
 __all__ = ["ShmemFile"]
 
@@ -60,4 +60,4 @@ class ShmemFile:
             present = self.pages[self.pages >= 0]
             self.pages[:] = -1
             self.pgdat.vmstat.nr_shmem -= len(present)
-            put_pages(self.pgdat, present, site="shmem_undo_range")
+            drop_refs(self.pgdat, present, "shmem_undo_range")
