@@ -487,12 +487,6 @@ def test_forced_cow_read_pin_faults_in_fresh_anon_pages(snapshot):
     before.assert_restored(k)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gup.py bug: GUP_FORCED_COW is applied only in the slow path; v5.8 GUP-fast also "
-    "required writable PTEs (gup_flags | FOLL_WRITE), so a read pin of a COW-shared page "
-    "must break COW instead of pinning the shared page",
-)
 def test_forced_cow_read_pin_breaks_cow_of_a_shared_page():
     k = Kernel("32M", PROFILES["5.9"].derive(GUP_FORCED_COW=True))
     p, a = anon(k, 1)
@@ -643,12 +637,6 @@ def test_bad_ranges(k, snapshot, start, nr, r59, r618):
 
 
 @pytest.mark.parametrize(("start", "nr"), [(TASK_SIZE - P, 2), (TASK_SIZE - 2 * P, 3)])
-@pytest.mark.xfail(
-    strict=True,
-    reason="gup.py bug: _fast_range() checks end > TASK_SIZE + PAGE_SIZE, but x86-64 "
-    "TASK_SIZE_MAX is (1 << 47) - PAGE_SIZE (== model TASK_SIZE); access_ok() [5.9] and "
-    "gup_fast_fallback() [6.18] both fail end > TASK_SIZE_MAX with -EFAULT",
-)
 def test_range_ending_past_task_size_max_is_efault(k, start, nr):
     p = k.spawn()
     a = p.mmap(2 * P, flags=MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, addr=TASK_SIZE - 2 * P)
@@ -658,11 +646,6 @@ def test_range_ending_past_task_size_max_is_efault(k, start, nr):
     assert pages.tolist() == [-1] * 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gup.py bug: 6.18 gup_fast_fallback() returns -EFAULT for end > TASK_SIZE_MAX even "
-    "with nr_pages == 0; the model's bound is one page too high",
-)
 def test_empty_range_just_above_task_size_max_is_efault_6_18():
     k = Kernel("32M", "6.18")
     p = k.spawn()
@@ -708,12 +691,6 @@ def test_unknown_gup_flags_are_einval_and_warn(k, snapshot, gup_flags):
 
 
 @pytest.mark.parametrize("gup_flags", [1 << 21, 1 << 30, W | 1 << 31])
-@pytest.mark.xfail(
-    strict=True,
-    reason="gup.py bug: `gup_flags & ~allowed` with an enum.IntFlag mask: Python inverts only "
-    "the bits up to the highest FOLL_* member (FOLL_NOFAULT, 0x100000), so an unknown flag "
-    "above it passes the WARN_ON_ONCE(gup_flags & ~(...)) check of gup_fast_fallback()",
-)
 def test_unknown_high_gup_flags_are_einval_and_warn(k, gup_flags):
     p, a = anon(k, 1)
     pages = buf(1)
@@ -737,12 +714,6 @@ def test_foll_nofault_exists_only_in_6_x(k, snapshot):
 
 
 @pytest.mark.parametrize("gup_flags", [FOLL.FOLL_PIN, FOLL.FOLL_FAST_ONLY])
-@pytest.mark.xfail(
-    strict=True,
-    reason="gup.py bug: 6.18 is_valid_gup_args() WARNs and fails on INTERNAL_GUP_FLAGS "
-    "(FOLL_TOUCH, FOLL_TRIED, FOLL_REMOTE, FOLL_PIN, FOLL_FAST_ONLY, FOLL_UNLOCKABLE, "
-    "FOLL_MADV_POPULATE) passed by the caller; _valid_gup_args() does not check them",
-)
 def test_internal_gup_flags_from_the_caller_are_einval_6_18(gup_flags):
     k = Kernel("32M", "6.18")
     p, a = anon(k, 1)
@@ -768,12 +739,6 @@ def test_unpin_with_negative_npages_warns_and_does_nothing(k, snapshot, npages):
     unpin_user_pages(k.pgdat, pages, 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gup.py bug: unpin_user_pages_dirty_lock(make_dirty=True) slices pages[:npages], so "
-    "npages=-1 silently unpins all but the last entry; the kernel has no IS_ERR_VALUE check "
-    "on this path and walks off the array (a BUG in model terms), unpinning nothing sane",
-)
 def test_unpin_dirty_lock_with_negative_npages_unpins_nothing(snapshot):
     k = Kernel("32M", "5.9-pin")
     p, a = anon(k, 2)
@@ -849,12 +814,6 @@ def test_read_pin_after_the_cow_sharer_exited(snapshot):
     unpin_user_pages(k.pgdat, pages, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gup.py bug: [6.2+] a R/O FOLL_LONGTERM pin in a COW mapping must unshare the zero "
-    "page (gup_must_unshare() on a non-anon folio with FOLL_LONGTERM), giving an exclusive "
-    "anon page; the model returns the zero page (spec §2.8)",
-)
 def test_longterm_read_pin_of_untouched_anon_unshares_the_zero_page_6_18():
     k = Kernel("32M", "6.18")
     p, a = anon(k, 1, touch=False)
@@ -864,13 +823,6 @@ def test_longterm_read_pin_of_untouched_anon_unshares_the_zero_page_6_18():
     assert k.vmstat.pins() == (1, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="memory.py/gup.py bug: a FOLL_WRITE|FOLL_FORCE fault in a read-only private VMA "
-    "maps the new page with a writable PTE (do_anonymous_page sets PTE_RW without VM_WRITE), "
-    "so a later plain FOLL_WRITE pin succeeds through GUP-fast; the kernel keeps the PTE "
-    "read-only (FOLL_FORCE is honoured by can_follow_write_pte, which gup.py lacks)",
-)
 def test_forced_write_pin_leaves_read_only_mapping_read_only(k):
     p = k.spawn()
     a = p.mmap(P, prot=PROT_READ)

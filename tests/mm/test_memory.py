@@ -315,13 +315,6 @@ def test_write_after_huge_zero_read_5_9():
         assert k.vmstat.thp_fault_alloc == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="memory.py lacks it and it needs a profile switch (config.py): Linux commit "
-    '1ced09e0331f ("mm: allocate THP on hugezeropage wp-fault") (v6.13) replaces the huge '
-    "zero PMD with a fresh THP on a write fault; measured on the host (6.18): one minor "
-    "fault, all 512 pages of the range become one anon THP",
-)
 def test_write_after_huge_zero_read_allocates_a_thp_6_18():
     k = Kernel("32M", "6.18")
     p, a, hz = thp(k, write=False)

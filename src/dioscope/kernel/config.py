@@ -79,6 +79,16 @@ class Profile:
     a7f226604170 ("mm/gup: trigger FAULT_FLAG_UNSHARE when R/O-pinning a possibly shared
     anonymous page") (v5.19)."""
 
+    GUP_LONGTERM_RO_UNSHARE: bool = False
+    """A read-only FOLL_LONGTERM pin in a private (COW) mapping unshares non-anonymous pages
+    too (the zero page, page-cache pages) into exclusive anon copies. Linux commit "mm/gup:
+    reliable R/O long-term pinning in COW mappings" (v6.2)."""
+
+    THP_ON_HUGE_ZERO_WP: bool = False
+    """A write fault on the huge zero PMD maps a freshly allocated THP instead of splitting
+    the PMD and COWing one base page. Linux commit 1ced09e0331f ("mm: allocate THP on
+    hugezeropage wp-fault") (v6.13); measured on the host (6.18): one fault, one anon THP."""
+
     # --- Direct I/O (used from the iov_iter/block issues on) -------------------------------
     DIO_FOLL_PIN: bool = False
     """Direct I/O acquires user pages with FOLL_PIN and releases them with unpin. The series
@@ -165,6 +175,8 @@ PROFILE_6_18 = Profile(
     ITER_UBUF=True,
     DIO_MEM_ALIGN_DMA=True,
     GUP_ARGS_6X=True,
+    GUP_LONGTERM_RO_UNSHARE=True,
+    THP_ON_HUGE_ZERO_WP=True,
     PLUG_MERGE_LAST_RQ=True,
     TRACE_RQ_IOPRIO=True,
 )

@@ -32,7 +32,15 @@ from .mm_types import VM, MmStruct, VmArea
 from .page import PG
 from .page_alloc import ZERO_PFN, PgData
 from .page_ref import page_ref_add
-from .pgtable import PTE_FAST_READ, PTE_FAST_WRITE, PTE_PMD, PTE_PRESENT, PTE_RW, PTE_SPECIAL
+from .pgtable import (
+    PTE_DIRTY,
+    PTE_FAST_READ,
+    PTE_FAST_WRITE,
+    PTE_PMD,
+    PTE_PRESENT,
+    PTE_RW,
+    PTE_SPECIAL,
+)
 
 __all__ = [
     "folio_add_pin",
@@ -73,10 +81,12 @@ def _gup_fast_unique(
         mm.vma_cache = vma
     s0 = (start - vma.vm_start) >> PAGE_SHIFT
     fl = vma.pt_flags[s0 : s0 + nr_pages]
+    pgdat = mm.pgdat
+    if pgdat.cfg.GUP_FORCED_COW:
+        write = _FOLL_WRITE  # v5.8: GUP-fast takes only writable PTEs (see _gup_fast)
     if len(fl) != nr_pages or fl[fl.argmin()] < (PTE_FAST_WRITE if write else PTE_FAST_READ):
         return -1
     pfns = vma.pt_pfn[s0 : s0 + nr_pages]
-    pgdat = mm.pgdat
     rc = pgdat.pages.refcount
     p0 = int(pfns[pfns.argmin()])
     inc = 1024 if pin else 1
@@ -115,11 +125,19 @@ _FAST_ALLOWED_59 = (
     | FOLL.FOLL_FAST_ONLY
 )
 _FAST_ALLOWED_6X = _FAST_ALLOWED_59 | FOLL.FOLL_NOFAULT
+_INTERNAL_GUP_FLAGS_6X = int(
+    FOLL.FOLL_TOUCH | FOLL.FOLL_REMOTE | FOLL.FOLL_PIN | FOLL.FOLL_FAST_ONLY
+)
+"""``INTERNAL_GUP_FLAGS`` [6.x] (with FOLL_TRIED, FOLL_UNLOCKABLE, FOLL_MADV_POPULATE,
+which the model does not define): a caller passing any of them fails is_valid_gup_args()."""
 
 
 # --- argument checks ------------------------------------------------------------------------
 def _valid_gup_args(pgdat: PgData, gup_flags: int, to_set: int, site: str) -> bool:
     """``is_valid_gup_args()`` [6.x] / the WARNs at the top of each entry point [5.9]."""
+    if pgdat.cfg.GUP_ARGS_6X and gup_flags & _INTERNAL_GUP_FLAGS_6X:
+        pgdat.events.warn_once(site, f"internal gup_flags {gup_flags:#x} from the caller")
+        return False
     if to_set == FOLL.FOLL_PIN and gup_flags & FOLL.FOLL_GET:
         pgdat.events.warn_once(site, "FOLL_GET passed to a pin_user_pages*() call")
         return False
@@ -145,13 +163,13 @@ def _fast_range(pgdat: PgData, start: int, nr_pages: int) -> tuple[int, int]:
     if pgdat.cfg.GUP_ARGS_6X:
         if end > _U64:
             return -errno.EOVERFLOW, 0
-        if end > TASK_SIZE + (1 << PAGE_SHIFT):  # TASK_SIZE_MAX
+        if end > TASK_SIZE:  # TASK_SIZE_MAX
             return -errno.EFAULT, 0
         return start, end
     end &= _U64
     if end <= start:
         return 0, 0
-    if end > TASK_SIZE + (1 << PAGE_SHIFT):  # access_ok()
+    if end > TASK_SIZE:  # access_ok(): the range must end at or below TASK_SIZE_MAX
         return -errno.EFAULT, 0
     return start, end
 
@@ -187,26 +205,40 @@ def _take_ok(
 
     GUP-fast refuses special PTEs (the zero page) and leaves them to the slow path, which
     takes them through ``follow_page_pte``'s zero-pfn case; both refuse a read-only PTE for
-    FOLL_WRITE, and [6.18] a possibly-shared anon page for a read-only pin
-    (``gup_must_unshare``).
+    FOLL_WRITE, except that FOLL_FORCE may write through a read-only PTE of a private
+    mapping once a COW gave it a dirty exclusive anon page (``can_follow_write_pte``);
+    [6.18] a read-only pin refuses a possibly-shared anon page (``gup_must_unshare``), and
+    a read-only FOLL_LONGTERM pin in a COW mapping refuses anything but an exclusive anon
+    page (v6.2).
     """
     fl = vma.pt_flags[s0:s1]
+    write = gup_flags & FOLL.FOLL_WRITE
     need = PTE_PRESENT
-    if gup_flags & FOLL.FOLL_WRITE:
+    if write:
         need = need | PTE_RW
     ok = (fl & need) == need
     if fast:
         ok &= ((fl & PTE_SPECIAL) == 0) | ((fl & PTE_PMD) != 0)
-    if (
-        pgdat.cfg.ANON_EXCLUSIVE
-        and gup_flags & FOLL.FOLL_PIN
-        and not gup_flags & FOLL.FOLL_WRITE
-    ):
+    cfg = pgdat.cfg
+    force_write = write and gup_flags & FOLL.FOLL_FORCE and not vma.vm_flags & VM.VM_WRITE
+    unshare = cfg.ANON_EXCLUSIVE and gup_flags & FOLL.FOLL_PIN and not write
+    if force_write or unshare:
         pfns = vma.pt_pfn[s0:s1]
         pf = pgdat.pages.flags.take(np.maximum(pfns, 0))
         anon = (pf & np.uint32(PG.PG_anon)) != 0
-        excl = (pf & np.uint32(PG.PG_anon_exclusive)) != 0
-        ok &= ~(anon & ~excl) | (pfns == ZERO_PFN)
+        excl = anon & ((pf & np.uint32(PG.PG_anon_exclusive)) != 0)
+        if force_write:
+            dirty = (fl & PTE_DIRTY) != 0
+            ok |= ((fl & PTE_PRESENT) != 0) & excl & dirty
+        if unshare:
+            if (
+                cfg.GUP_LONGTERM_RO_UNSHARE
+                and gup_flags & FOLL.FOLL_LONGTERM
+                and vma.is_cow_mapping()
+            ):
+                ok &= excl
+            else:
+                ok &= ~(anon & ~excl) | (pfns == ZERO_PFN)
     return ok
 
 
@@ -220,6 +252,10 @@ def _gup_fast(
     pgdat = mm.pgdat
     got = 0
     addr = start
+    if pgdat.cfg.GUP_FORCED_COW:
+        # Linux commit 17839856fd58 (v5.8): GUP-fast only ever takes writable PTEs; a read
+        # GUP of a COW-shared page falls to the slow path, which breaks COW.
+        gup_flags |= FOLL.FOLL_WRITE
     write = gup_flags & FOLL.FOLL_WRITE
     while got < nr_pages:
         vma = mm.vma_lookup(addr)
@@ -278,7 +314,7 @@ def __get_user_pages(
         eff = gup_flags | (FOLL.FOLL_WRITE if _forced_cow(pgdat, vma) else 0)
         s0 = (addr - vma.vm_start) >> PAGE_SHIFT
         s1 = s0 + min(nr_pages - i, vma.nr_pages - s0)
-        last_fault = -1
+        last_fault, faults = -1, 0
         while s0 < s1:
             ok = _take_ok(pgdat, vma, s0, s1, eff, fast=False)
             k = (s1 - s0) if ok.all() else int(np.argmin(ok))
@@ -300,7 +336,9 @@ def __get_user_pages(
                 fflags = FAULT_FLAG.FAULT_FLAG_UNSHARE
             if gup_flags & FOLL.FOLL_NOFAULT:
                 return i if i else -errno.EFAULT
-            if last_fault == s0:
+            # A slot may need a read fault and then an unshare fault; more means no progress.
+            faults = faults + 1 if last_fault == s0 else 1
+            if faults > 3:
                 pgdat.events.bug(site, f"fault at {addr:#x} made no progress")
                 return i if i else -errno.EFAULT
             last_fault = s0
@@ -318,7 +356,7 @@ def _gup_fast_fallback(
     """``internal_get_user_pages_fast()`` [5.10] / ``gup_fast_fallback()`` [6.x]."""
     pgdat = mm.pgdat
     allowed = _FAST_ALLOWED_6X if pgdat.cfg.GUP_ARGS_6X else _FAST_ALLOWED_59
-    if gup_flags & ~allowed:
+    if gup_flags & ~int(allowed):
         pgdat.events.warn_once(site, f"unsupported gup_flags {gup_flags:#x}")
         return -errno.EINVAL
     if gup_flags & FOLL.FOLL_PIN:
@@ -485,6 +523,10 @@ def unpin_user_pages_dirty_lock(
     """
     if not make_dirty:
         unpin_user_pages(pgdat, pages, npages, holder=holder)
+        return
+    if npages < 0:
+        # No IS_ERR_VALUE check on this path: (unsigned long)npages walks off the array.
+        pgdat.events.bug("unpin_user_pages_dirty_lock", f"npages {npages} walks off pages[]")
         return
     arr = pages[:npages]
     arr = arr[arr >= 0]

@@ -207,6 +207,12 @@ def zap_page_range(vma: VmArea, s0: int, s1: int, site: str = "zap_pte_range") -
 
 
 # --- faults --------------------------------------------------------------------------------
+def _mkwrite(vma: VmArea) -> np.uint8:
+    """``maybe_mkwrite()``: the RW bit only if the VMA is writable (a FOLL_FORCE write into a
+    read-only private mapping gets a dirty but read-only PTE)."""
+    return PTE_RW if vma.vm_flags & VM.VM_WRITE else np.uint8(0)
+
+
 def _do_anonymous_page(vma: VmArea, slot: int, write: bool) -> int:
     pgdat = vma.vm_mm.pgdat
     if not write:
@@ -218,7 +224,7 @@ def _do_anonymous_page(vma: VmArea, slot: int, write: bool) -> int:
         return VM_FAULT.VM_FAULT_OOM
     _new_anon(pgdat, vma, np.array([pfn]), np.array([slot]))
     vma.pt_pfn[slot] = pfn
-    vma.pt_flags[slot] = PTE_PRESENT | PTE_FASTPIN | PTE_RW | PTE_DIRTY | PTE_ACCESSED
+    vma.pt_flags[slot] = PTE_PRESENT | PTE_FASTPIN | _mkwrite(vma) | PTE_DIRTY | PTE_ACCESSED
     return 0
 
 
@@ -245,7 +251,7 @@ def _do_huge_pmd_anonymous_page(vma: VmArea, s0: int, write: bool) -> int:
     p.index[pfns] = (vma.vm_start >> PAGE_SHIFT) + np.arange(s0, s1)
     p.entire_mapcount[head] = 1
     vma.pt_pfn[s0:s1] = pfns
-    vma.pt_flags[s0:s1] = PTE_PRESENT | PTE_RW | PTE_DIRTY | PTE_PMD | PTE_ACCESSED
+    vma.pt_flags[s0:s1] = PTE_PRESENT | _mkwrite(vma) | PTE_DIRTY | PTE_PMD | PTE_ACCESSED
     pgdat.vmstat.thp_fault_alloc += 1
     return 0
 
@@ -273,7 +279,7 @@ def _wp_page_copy(vma: VmArea, slot: int, writable: bool) -> int:
     _new_anon(pgdat, vma, np.array([new]), np.array([slot]))
     vma.pt_pfn[slot] = new
     fl = PTE_PRESENT | PTE_FASTPIN | PTE_ACCESSED
-    vma.pt_flags[slot] = fl | PTE_RW | PTE_DIRTY if writable else fl
+    vma.pt_flags[slot] = fl | _mkwrite(vma) | PTE_DIRTY if writable else fl
     if old != ZERO_PFN:
         p.mapcount[old] -= 1
         folio_put_refs(pgdat, int(p.head[old]), 1, "wp_page_copy")
@@ -298,7 +304,7 @@ def _do_wp_page(vma: VmArea, slot: int, unshare: bool) -> int:
         if int(p.order[pfn]) == 0:
             fl |= PTE_FASTPIN
         if not unshare:
-            fl |= PTE_RW | PTE_DIRTY
+            fl |= _mkwrite(vma) | PTE_DIRTY
         vma.pt_flags[slot] = fl
         return 0
     return _wp_page_copy(vma, slot, writable=not unshare)
@@ -348,10 +354,24 @@ def handle_mm_fault(vma: VmArea, address: int, flags: int) -> int:
     if pfn < 0:
         region = _thp_eligible(vma, slot)
         if region is not None and _do_huge_pmd_anonymous_page(vma, region[0], write) == 0:
-            if write or unshare:
-                return 0
             return 0
         return _do_anonymous_page(vma, slot, write)
+    if (
+        fl & PTE_PMD
+        and write
+        and int(pgdat.pages.head[pfn]) == pgdat.huge_zero_pfn
+        and pgdat.cfg.THP_ON_HUGE_ZERO_WP
+    ):
+        # Linux commit 1ced09e0331f: a write to the huge zero PMD maps a fresh THP.
+        region = _pmd_region(vma, slot)
+        assert region is not None
+        vma.pt_pfn[region[0] : region[1]] = -1
+        vma.pt_flags[region[0] : region[1]] = 0
+        if _do_huge_pmd_anonymous_page(vma, region[0], True) == 0:
+            return 0
+        vma.pt_pfn[region[0] : region[1]] = np.arange(
+            pgdat.huge_zero_pfn, pgdat.huge_zero_pfn + HPAGE_PMD_NR, dtype=np.int64)
+        vma.pt_flags[region[0] : region[1]] = PTE_PRESENT | PTE_SPECIAL | PTE_PMD | PTE_ACCESSED
     if fl & PTE_PMD and ((write and not fl & PTE_RW) or unshare):
         # do_huge_pmd_wp_page / unshare: fall back to PTEs, then handle the base page.
         split_huge_pmd(vma, slot)
@@ -390,7 +410,9 @@ def populate_range(vma: VmArea, s0: int, s1: int, write: bool) -> int:
             return VM_FAULT.VM_FAULT_OOM
         _new_anon(pgdat, vma, pfns, slots)
         vma.pt_pfn[slots] = pfns
-        vma.pt_flags[slots] = PTE_PRESENT | PTE_FASTPIN | PTE_RW | PTE_DIRTY | PTE_ACCESSED
+        vma.pt_flags[slots] = (
+            PTE_PRESENT | PTE_FASTPIN | _mkwrite(vma) | PTE_DIRTY | PTE_ACCESSED
+        )
         pgdat.vmstat.pgfault += len(slots)
         return 0
     fflags = FAULT_FLAG.FAULT_FLAG_WRITE if write else 0
