@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from dioscope.kernel.types import PAGE_SIZE
-from dioscope.mm.gup import pin_user_pages_fast, unpin_user_pages
+from dioscope.mm.gup import pin_user_pages_fast, unpin_user_pages, unpin_user_pages_dirty_lock
 from dioscope.mm.gup_core import FOLL
 from dioscope.mm.mmap import MADV_DONTNEED, MAP_ANONYMOUS, MAP_SHARED, PROT_READ, PROT_WRITE
 from dioscope.mm.page import GUP_PIN_COUNTING_BIAS, PG
 from dioscope.mm.page_alloc import ZERO_PFN
-from dioscope.mm.pgtable import PTE_RW
+from dioscope.mm.pgtable import PTE_DIRTY, PTE_RW
 
 BIAS = GUP_PIN_COUNTING_BIAS
 P = PAGE_SIZE
@@ -145,3 +145,38 @@ def test_read_only_shared_mapping(k):
     pg, fl = slot(p, a)
     assert pg != ZERO_PFN and not fl & PTE_RW
     assert p.write_user(a, b"x") == 0
+
+
+# === dirtiness ===============================================================================
+def test_write_fault_dirties_the_page(k):
+    """do_shared_fault() -> fault_dirty_shared_page() -> folio_mark_dirty()."""
+    p = k.spawn()
+    a = p.mmap(P, RW, SHARED)
+    p.write_user(a, b"x")
+    pg, fl = slot(p, a)
+    assert fl & PTE_DIRTY
+    assert k.pgdat.pages.test(pg, PG.PG_dirty)
+    pages = np.full(1, -1, np.int64)
+    assert pin_user_pages_fast(p.mm, a, 1, FOLL.FOLL_WRITE, pages) == 1
+    calls: list[object] = []
+    k.pgdat.hooks.tracepoints.append(lambda name, fields: calls.append(fields))
+    unpin_user_pages_dirty_lock(k.pgdat, pages, 1, True)
+    assert calls == []  # already dirty: set_page_dirty_lock() is not called again
+
+
+def test_store_through_a_clean_pte_dirties_the_page_at_unmap(k):
+    """A read fault maps the page clean; the store sets the PTE's dirty bit; the zap hands it
+    to the page (zap_present_folio_ptes(): folio_mark_dirty() for a non-anon folio)."""
+    p = k.spawn()
+    a = p.mmap(P, RW, SHARED)
+    assert p.read_user(a, 1) == b"\x00"
+    pg, fl = slot(p, a)
+    assert fl & PTE_RW and not fl & PTE_DIRTY
+    assert not k.pgdat.pages.test(pg, PG.PG_dirty)
+    p.write_user(a, b"y")
+    assert slot(p, a) == (pg, fl | PTE_DIRTY)  # no fault: the PTE was writable
+    assert not k.pgdat.pages.test(pg, PG.PG_dirty)
+    p.madvise(a, P, MADV_DONTNEED)
+    assert k.pgdat.pages.test(pg, PG.PG_dirty)
+    assert counts(k, pg) == (1, 0)
+    assert p.read_user(a, 1) == b"y"

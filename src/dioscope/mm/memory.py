@@ -294,7 +294,9 @@ def _do_wp_page(vma: VmArea, slot: int, unshare: bool) -> int:
     if vma.vm_flags & VM.VM_SHARED:
         if unshare:
             return 0
-        vma.pt_flags[slot] |= PTE_RW | PTE_DIRTY  # wp_page_shared: no COW in shared maps
+        # wp_page_shared(): no COW in shared maps; fault_dirty_shared_page() dirties the page.
+        vma.pt_flags[slot] |= PTE_RW | PTE_DIRTY
+        p.flags[p.head[pfn]] |= np.uint32(PG.PG_dirty)
         return 0
     if pfn == ZERO_PFN:
         return _wp_page_copy(vma, slot, writable=not unshare)
@@ -310,7 +312,11 @@ def _do_wp_page(vma: VmArea, slot: int, unshare: bool) -> int:
     return _wp_page_copy(vma, slot, writable=not unshare)
 
 
-def _do_shared_fault(vma: VmArea, slot: int) -> int:
+def _do_shared_fault(vma: VmArea, slot: int, write: bool) -> int:
+    """``do_read_fault()`` / ``do_shared_fault()`` on a shared mapping: map the page-cache
+    page. A write fault maps it dirty and marks the page dirty (``fault_dirty_shared_page()``
+    calls ``folio_mark_dirty()``); a read fault maps it clean (writable if VM_WRITE: shmem
+    wants no write notification)."""
     pgdat = vma.vm_mm.pgdat
     shm = vma.vm_file
     pfn = shm.get_folio(vma.vm_pgoff + slot)
@@ -323,6 +329,9 @@ def _do_shared_fault(vma: VmArea, slot: int) -> int:
     fl = PTE_PRESENT | PTE_ACCESSED
     if vma.vm_flags & VM.VM_WRITE:
         fl |= PTE_RW
+    if write and vma.vm_flags & VM.VM_SHARED:
+        fl |= PTE_DIRTY
+        p.flags[p.head[pfn]] |= np.uint32(PG.PG_dirty)
     vma.pt_flags[slot] = fl
     return 0
 
@@ -345,7 +354,7 @@ def handle_mm_fault(vma: VmArea, address: int, flags: int) -> int:
         return VM_FAULT.VM_FAULT_SIGSEGV
     if vma.vm_file is not None:
         if pfn < 0:
-            ret = _do_shared_fault(vma, slot)
+            ret = _do_shared_fault(vma, slot, write)
             if ret or not write:
                 return ret
         elif write and not fl & PTE_RW:

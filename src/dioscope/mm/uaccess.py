@@ -15,6 +15,7 @@ import numpy as np
 from ..kernel.types import PAGE_SHIFT, PAGE_SIZE
 from .memory import access_error, populate_range
 from .mm_types import MmStruct
+from .pgtable import PTE_ACCESSED, PTE_DIRTY
 
 __all__ = ["read_user", "touch_user", "write_user"]
 
@@ -33,14 +34,19 @@ def _walk(mm: MmStruct, addr: int, length: int, write: bool) -> list[tuple[int, 
             break
         s0 = vma.slot(pos)
         s1 = vma.slot(min(vma.vm_end, (end + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)))
-        if populate_range(vma, s0, s1, write):
+        failed = populate_range(vma, s0, s1, write)
+        if failed:
             # Stop at the first slot that could not be faulted in.
             ok = vma.pt_pfn[s0:s1] >= 0
             s1 = s0 + (int(np.argmin(ok)) if not ok.all() else s1 - s0)
-            if s1 > s0:
-                runs.append((pos, vma.pt_pfn[s0:s1].copy()))
+        if write:
+            # The CPU's store sets the accessed and dirty bits of the PTEs it writes through;
+            # zapping a dirty PTE later dirties a page-cache page (zap_present_folio_ptes()).
+            vma.pt_flags[s0:s1] |= PTE_ACCESSED | PTE_DIRTY
+        if s1 > s0:
+            runs.append((pos, vma.pt_pfn[s0:s1].copy()))
+        if failed:
             break
-        runs.append((pos, vma.pt_pfn[s0:s1].copy()))
         pos = vma.vm_start + (s1 << PAGE_SHIFT)
     return runs
 
