@@ -845,3 +845,32 @@ def test_pin_of_shared_anonymous_memory(k, snapshot):
     assert [ref(k, int(x)) for x in pages] == [2, 2]
     p.exit()
     before.assert_restored(k)
+
+
+@pytest.mark.parametrize("child_alive", [True, False])
+def test_read_pin_of_a_cow_shared_thp_6_18(snapshot, child_alive):
+    """[6.18] gup_must_unshare() on a THP after fork(): while the child maps it, each pinned
+    subpage is unshared into its own small page (the PMD is split); once the child is gone
+    the unshare fault reuses the whole THP and the pins land on its pincount."""
+    k = Kernel("32M", "6.18")
+    before = snapshot(k)
+    p, a, head = thp(k)
+    c = k.fork(p)
+    if not child_alive:
+        c.exit()
+    pages = buf(2)
+    assert pin_user_pages_fast(p.mm, a, 2, 0, pages) == 2
+    if child_alive:
+        assert not set(pages.tolist()) & {head, head + 1}
+        assert [k.pgdat.pages.folio_order(int(x)) for x in pages] == [0, 0]
+        assert [ref(k, int(x)) for x in pages] == [1 + BIAS] * 2
+        assert (ref(k, head), pincount(k, head)) == (1 + HPAGE_PMD_NR - 2, 0)
+    else:
+        assert pages.tolist() == [head, head + 1]
+        assert (ref(k, head), pincount(k, head)) == (3, 2)
+        assert k.pgdat.pages.test(head, PG.PG_anon_exclusive)
+    assert k.vmstat.pins() == (2, 0)
+    unpin_user_pages(k.pgdat, pages, 2)
+    c.exit()
+    p.exit()
+    before.assert_restored(k)

@@ -451,3 +451,56 @@ def test_plain_gup_reference_also_keeps_a_zapped_page(k, snapshot):
     put_page(k.pgdat, int(pages[0]))
     p.exit()
     before.assert_restored(k)
+
+
+# === do_huge_pmd_wp_page: reuse the THP or split and COW one page ============================
+def _thp_after_fork(k, child_alive: bool, gup_ref: bool):
+    p, a, head = thp(k)
+    p.write_user(a, b"T" * HPAGE_PMD_SIZE)
+    c = k.fork(p)
+    if not child_alive:
+        c.exit()
+    if gup_ref:
+        pages = np.full(1, -1, np.int64)
+        assert get_user_pages_fast(p.mm, a + 9 * P, 1, 0, pages) == 1
+    return p, a, head, c
+
+
+# (child alive, extra FOLL_GET ref, outcome in 5.9 / 5.9-pin, outcome in 6.18)
+PMD_WP = [
+    (False, False, "reuse", "reuse"),
+    # 5.9: reuse_swap_page() looks at mapcounts only; 6.18: refcount 2, not exclusive.
+    (False, True, "reuse", "split"),
+    (True, False, "split", "split"),
+]
+
+
+@pytest.mark.parametrize(("child_alive", "gup_ref", "r59", "r618"), PMD_WP)
+def test_write_to_a_read_only_pmd(k, child_alive, gup_ref, r59, r618):
+    p, a, head, c = _thp_after_fork(k, child_alive, gup_ref)
+    pages = k.pgdat.pages
+    refs = int(pages.refcount[head])
+    assert refs == 1 + child_alive + gup_ref
+    assert not pte(p, a + 3 * P)[1] & PTE_RW
+    free, faults = k.pgdat.nr_free(), k.vmstat.pgfault
+    p.write_user(a + 3 * P, b"w")
+    vma = p.mm.vma_lookup(a)
+    outcome = r618 if k.cfg.ANON_EXCLUSIVE else r59
+    if outcome == "reuse":
+        assert k.vmstat.pgfault == faults + 1 and k.pgdat.nr_free() == free
+        assert vma.pt_pfn.tolist() == list(range(head, head + HPAGE_PMD_NR))
+        assert ((vma.pt_flags & (PTE_PMD | PTE_RW)) == (PTE_PMD | PTE_RW)).all()
+        assert int(pages.refcount[head]) == refs
+        assert int(pages.entire_mapcount[head]) == 1
+        assert pages.test(head, PG.PG_anon_exclusive)
+    else:
+        assert k.pgdat.nr_free() == free - 1
+        assert not (vma.pt_flags & PTE_PMD).any()
+        assert pages.folio_order(int(vma.pt_pfn[3])) == 0
+        # 511 PTE references replace the parent's PMD reference; one page was COWed.
+        assert int(pages.refcount[head]) == refs + (HPAGE_PMD_NR - 1) - 1
+        assert int(pages.entire_mapcount[head]) == int(child_alive)
+        assert int(pages.mapcount[head + 3]) == 0 and int(pages.mapcount[head + 4]) == 1
+    assert p.read_user(a + 2 * P, P + 2) == b"T" * P + b"wT"
+    if child_alive:
+        assert c.read_user(a + 3 * P, 1) == b"T"

@@ -5,8 +5,9 @@
   ``do_wp_page``: reuse when the page is exclusive, otherwise copy.
 * THP (VM_HUGEPAGE on a 2 MiB-aligned, fully-empty range): a write fault allocates an order-9
   folio mapped by one PMD (``do_huge_pmd_anonymous_page``); a read fault maps the huge zero
-  folio. A write to a read-only PMD falls back to PTEs (``__split_huge_pmd``) and COWs one
-  base page, as ``do_huge_pmd_wp_page`` does since v5.8.
+  folio. A write to a read-only PMD reuses the THP if nothing else may use it, otherwise
+  falls back to PTEs (``__split_huge_pmd``) and COWs one base page, as
+  ``do_huge_pmd_wp_page`` does since v5.8 (``_wp_can_reuse_pmd``).
 * Shared anonymous memory: pages come from the shmem file; mapped writable if VM_WRITE.
 
 Reuse rule for a write fault on an anonymous page (``do_wp_page``):
@@ -266,6 +267,24 @@ def _wp_can_reuse(pgdat: PgData, pfn: int) -> bool:
     return int(p.refcount[pfn]) == 1 and int(p.mapcount[pfn]) == 1
 
 
+def _wp_can_reuse_pmd(pgdat: PgData, head: int) -> bool:
+    """The reuse test of ``do_huge_pmd_wp_page()`` for an anonymous THP mapped by a read-only
+    PMD; when it fails the PMD is split and one base page is COWed.
+
+    * [5.9] Linux commit 3917c80280c9 ("thp: change CoW semantics for anon-THP") (v5.8):
+      reuse when nothing else maps the THP (``reuse_swap_page()``: total mapcount 1); other
+      references, GUP ones included, do not count.
+    * [6.18] (ANON_EXCLUSIVE) Linux commit 3bff7e3f1f16 ("mm/huge_memory: streamline COW
+      logic in do_huge_pmd_wp_page()") (v5.18): reuse a PageAnonExclusive THP at once, or one
+      whose refcount is exactly 1 (then mark it exclusive). Measured on the host (6.18): after
+      fork() and the child's exit, a write keeps the THP and takes one fault.
+    """
+    p = pgdat.pages
+    if pgdat.cfg.ANON_EXCLUSIVE:
+        return bool(int(p.flags[head]) & PG.PG_anon_exclusive) or int(p.refcount[head]) == 1
+    return int(p.entire_mapcount[head]) == 1 and not p.mapcount[head : head + HPAGE_PMD_NR].any()
+
+
 def _wp_page_copy(vma: VmArea, slot: int, writable: bool) -> int:
     """``wp_page_copy()``: give this PTE its own copy of the page it maps."""
     pgdat = vma.vm_mm.pgdat
@@ -382,6 +401,15 @@ def handle_mm_fault(vma: VmArea, address: int, flags: int) -> int:
             pgdat.huge_zero_pfn, pgdat.huge_zero_pfn + HPAGE_PMD_NR, dtype=np.int64)
         vma.pt_flags[region[0] : region[1]] = PTE_PRESENT | PTE_SPECIAL | PTE_PMD | PTE_ACCESSED
     if fl & PTE_PMD and ((write and not fl & PTE_RW) or unshare):
+        head = int(pgdat.pages.head[pfn])
+        if head != pgdat.huge_zero_pfn and _wp_can_reuse_pmd(pgdat, head):
+            # do_huge_pmd_wp_page(): reuse the whole THP, still mapped by this PMD.
+            region = _pmd_region(vma, slot)
+            assert region is not None
+            pgdat.pages.flags[head : head + HPAGE_PMD_NR] |= np.uint32(PG.PG_anon_exclusive)
+            if not unshare:
+                vma.pt_flags[region[0] : region[1]] |= PTE_ACCESSED | _mkwrite(vma) | PTE_DIRTY
+            return 0
         # do_huge_pmd_wp_page / unshare: fall back to PTEs, then handle the base page.
         split_huge_pmd(vma, slot)
         fl = vma.pt_flags[slot]
