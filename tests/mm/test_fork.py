@@ -328,3 +328,28 @@ def test_fork_of_a_prot_none_range(k, snapshot):
     c.exit()
     p.exit()
     before.assert_restored(k)
+
+
+def test_fork_early_cow_of_a_cow_shared_false_positive(k):
+    """A page already COW-shared with a first child and carrying plain refs up to 1024 reads
+    as maybe-pinned. [5.9] the second fork copies it early anyway; [6.18] only an exclusive
+    page can be pinned, so the shared one stays shared."""
+    p = k.spawn()
+    a = p.mmap(2 * P)
+    p.write_user(a, b"x" * (2 * P))
+    pg = slot(p, a)[0]
+    first = k.fork(p)
+    unpin_user_pages(k.pgdat, pin(p, a + P), 1)  # the mm has pinned (another page)
+    for _ in range(1022):
+        get_page(k.pgdat, pg)
+    assert counts(k, pg) == (1024, 2)
+    second = k.fork(p)
+    if k.cfg.ANON_EXCLUSIVE:
+        assert slot(second, a)[0] == pg
+        assert counts(k, pg) == (1025, 3)
+    else:
+        assert slot(second, a)[0] != pg
+        assert counts(k, pg) == (1024, 2)
+    assert slot(first, a)[0] == pg
+    for _ in range(1022):
+        put_page(k.pgdat, pg)

@@ -12,6 +12,11 @@ reference and a mapcount, and it stops being exclusive, except:
   visible to the parent. A PMD-mapped THP that may be pinned is first split into PTEs
   (``copy_huge_pmd`` returns -EAGAIN after ``__split_huge_pmd``), then each subpage is copied:
   the THP's pincount answers for every subpage.
+  [6.18] (ANON_EXCLUSIVE) only a PageAnonExclusive page is copied early: a pinned anon page
+  is always exclusive, so a maybe-pinned page that is already COW-shared (a false positive
+  of the refcount test) stays shared (``__folio_try_dup_anon_rmap()`` returns -EBUSY only
+  for an exclusive page; Linux commit 6c287605fd56 ("mm: remember exclusively mapped
+  anonymous pages with PG_anon_exclusive") (v5.19)).
 * The zero page and the huge zero folio are mapped in the child as they are.
 """
 
@@ -24,13 +29,21 @@ from .gup_core import folio_maybe_dma_pinned, maybe_dma_pinned_mask
 from .memory import PTE_PROTNONE, _new_anon, split_huge_pmd
 from .mm_types import VM, MmStruct, VmArea
 from .page import PG
-from .page_alloc import alloc_pages
+from .page_alloc import PgData, alloc_pages
 from .page_ref import page_ref_add
 from .pgtable import PTE_ACCESSED, PTE_DIRTY, PTE_FASTPIN, PTE_PMD, PTE_PRESENT, PTE_RW, PTE_SPECIAL
 
 __all__ = ["dup_mmap"]
 
 _NOT_EXCL = np.uint32(~PG.PG_anon_exclusive & 0xFFFFFFFF)
+
+
+def _may_copy(pgdat: PgData, page: int) -> bool:
+    """Whether early COW may copy this maybe-pinned page: [5.9] always; [6.18] only an
+    exclusive one."""
+    return not pgdat.cfg.ANON_EXCLUSIVE or bool(
+        int(pgdat.pages.flags[page]) & PG.PG_anon_exclusive
+    )
 
 
 def _copy_shared(src: VmArea, dst: VmArea) -> None:
@@ -58,7 +71,7 @@ def _copy_pmds(src: VmArea, dst: VmArea, early_cow: bool) -> None:
             dst.pt_pfn[s0:s1] = src.pt_pfn[s0:s1]
             dst.pt_flags[s0:s1] = src.pt_flags[s0:s1]
             continue
-        if early_cow and folio_maybe_dma_pinned(pgdat, head):
+        if early_cow and folio_maybe_dma_pinned(pgdat, head) and _may_copy(pgdat, head):
             split_huge_pmd(src, s0)  # then copied as PTEs below
             continue
         page_ref_add(pgdat, head, 1)
@@ -86,6 +99,8 @@ def _copy_private(src: VmArea, dst: VmArea, early_cow: bool) -> None:
     slots = np.flatnonzero(pages)
     pfns = src.pt_pfn[slots]
     copy = maybe_dma_pinned_mask(pgdat, pfns) if early_cow else np.zeros(len(slots), bool)
+    if pgdat.cfg.ANON_EXCLUSIVE and copy.any():
+        copy &= (p.flags.take(pfns) & np.uint32(PG.PG_anon_exclusive)) != 0
     share_slots, share_pfns = slots[~copy], pfns[~copy]
     if len(share_slots):
         np.add.at(p.refcount, p.head.take(share_pfns), np.int32(1))
