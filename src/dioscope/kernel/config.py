@@ -81,8 +81,8 @@ class Profile:
 
     GUP_LONGTERM_RO_UNSHARE: bool = False
     """A read-only FOLL_LONGTERM pin in a private (COW) mapping unshares non-anonymous pages
-    too (the zero page, page-cache pages) into exclusive anon copies. Linux commit "mm/gup:
-    reliable R/O long-term pinning in COW mappings" (v6.2)."""
+    too (the zero page, page-cache pages) into exclusive anon copies. Linux commit
+    84209e87c696 ("mm/gup: reliable R/O long-term pinning in COW mappings") (v6.2)."""
 
     THP_ON_HUGE_ZERO_WP: bool = False
     """A write fault on the huge zero PMD maps a freshly allocated THP instead of splitting
@@ -117,12 +117,14 @@ class Profile:
     needs FOLL_PIN; an address range that overflows gives -EOVERFLOW; the slow
     ``pin_user_pages()`` returns 0 (not -EINVAL) on bad flags. False: the v5.9 checks
     (``internal_get_user_pages_fast``: overflow or an empty range gives 0, then access_ok).
-    Read from current mm/gup.c (``is_valid_gup_args()``, v6.3+; ``gup_fast_fallback()``
-    range checks; access_ok() dropped in v6.15)."""
+    Linux commits d64e2dbc33a1 ("mm/gup: simplify the external interface functions and
+    consolidate invariants") (v6.3) for ``is_valid_gup_args()`` and 9883c7f84053 ("mm/gup:
+    do not return 0 from pin_user_pages_fast() for bad args") (v6.5) for -EOVERFLOW."""
 
     DIO_MEM_ALIGN_DMA: bool = False
     """DIO user memory needs only the queue's dma_alignment, not the logical block size
-    (v6.0: bdev_iter_is_aligned)."""
+    (``bdev_iter_is_aligned``). Linux commit b1a000d3b8ec ("block: relax direct io memory
+    alignment") (v6.0)."""
 
     # --- block layer -------------------------------------------------------------------------
     PLUG_MERGE_LAST_RQ: bool = False
