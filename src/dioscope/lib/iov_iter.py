@@ -16,7 +16,8 @@ ITER_DISCARD   nothing: data is dropped                all
 Direction (``data_source``): ``ITER_DEST`` (READ, 0) means data flows into the iterator,
 ``ITER_SOURCE`` (WRITE, 1) means it is the source.
 
-Segments are a numpy int64 array of shape (nr, 2): (base, len) for IOVEC/KVEC, and for
+Segments are a numpy int64 array of shape (nr, 2): (base, len) for IOVEC/KVEC (uint64 for
+KVEC, whose direct-map addresses lie above 2**63), and for
 BVEC the bio layout (page pfn, ``len << 32 | offset``). ``_seg`` indexes the current segment
 (the kernel's ``iov``/``bvec`` pointer); ``nr_segs`` counts the segments from there on.
 User-backed iterators carry the ``mm`` of the task they belong to (``current->mm``); kernel
@@ -176,8 +177,8 @@ class IovIter:
 
 
 # --- constructors ---------------------------------------------------------------------------
-def _as_segs(iov: Sequence[tuple[int, int]] | np.ndarray) -> np.ndarray:
-    arr = np.asarray(iov, dtype=np.int64).reshape(-1, 2)
+def _as_segs(iov: Sequence[tuple[int, int]] | np.ndarray, dtype: type = np.int64) -> np.ndarray:
+    arr = np.asarray(iov, dtype=dtype).reshape(-1, 2)
     return arr
 
 
@@ -200,7 +201,9 @@ def iov_iter_ubuf(pgdat: PgData, direction: int, buf: int, count: int,
 def iov_iter_kvec(pgdat: PgData, direction: int, kvec: Sequence[tuple[int, int]] | np.ndarray,
                   nr_segs: int, count: int) -> IovIter:
     """``iov_iter_kvec()``: kernel virtual (direct-map) buffers."""
-    return IovIter(pgdat, ITER_TYPE.ITER_KVEC, direction, count, _as_segs(kvec)[:nr_segs])
+    # uint64: direct-map addresses (PAGE_OFFSET + ...) lie above 2**63.
+    segs = _as_segs(kvec, np.uint64)[:nr_segs]
+    return IovIter(pgdat, ITER_TYPE.ITER_KVEC, direction, count, segs)
 
 
 def iov_iter_bvec(pgdat: PgData, direction: int,
@@ -268,6 +271,8 @@ def iov_iter_advance(i: IovIter, size: int) -> None:
     # [5.9] iterate_and_advance(): walk n bytes, then step over the segment just finished.
     if not i.count:
         return
+    if t == ITER_TYPE.ITER_BVEC and not size:
+        return  # for_each_bvec() takes no step, so nothing is stepped over, not even a 0-len bvec
     k, skip, n = i._seg, i.iov_offset, size
     if k < len(i.segs):
         take = min(n, i.seg_len(k) - skip)
@@ -331,12 +336,45 @@ def iov_iter_revert(i: IovIter, unroll: int) -> None:
     i._seg = k
 
 
+def _segments(i: IovIter) -> Iterator[tuple[int, int]]:
+    """(start, len) of every segment from the current one on, zero-length ones included,
+    the first one less ``iov_offset``: what the [6.x] per-type loops of ``lib/iov_iter.c``
+    walk. ``start`` is the address, or for BVEC ``bv_offset + skip``."""
+    skip = i.iov_offset
+    for k in range(i._seg, i._seg + i.nr_segs):
+        if i.iter_type == ITER_TYPE.ITER_BVEC:
+            base = int(i.segs[k, 1]) & 0xFFFFFFFF
+        else:
+            base = int(i.segs[k, 0])
+        yield base + skip, i.seg_len(k) - skip
+        skip = 0
+
+
+def _pieces(i: IovIter) -> Iterator[tuple[int, int]]:
+    """(start, len) of what [5.9] ``iterate_all_kinds`` hands its step over ``count``: the
+    non-empty segment pieces, BVEC ones split at page boundaries with in-page offsets
+    (``for_each_bvec`` walks with the single-page ``bvec_iter_bvec``)."""
+    for _k, start, length in i.chunks(i.count):
+        if i.iter_type != ITER_TYPE.ITER_BVEC:
+            yield start, length
+            continue
+        while length:
+            off = start & (PAGE_SIZE - 1)
+            take = min(length, PAGE_SIZE - off)
+            yield off, take
+            start += take
+            length -= take
+
+
 def iov_iter_npages(i: IovIter, maxpages: int) -> int:
     """``iov_iter_npages()``: pages the remaining data touches, capped at ``maxpages``.
 
-    IOVEC/UBUF/KVEC: a piece from address a of length L touches
-    ceil((a+L)/P) - floor(a/P) pages, summed per piece. BVEC: [5.9] one per bvec; [6.x] the
-    pages each bvec piece spans. PIPE: free ring slots. DISCARD: 0.
+    IOVEC/UBUF/KVEC/BVEC: a piece from address (BVEC: page offset) a of length L touches
+    ceil((a+L)/P) - floor(a/P) pages, summed per piece. [5.9] counts BVEC pieces with
+    ``npages++``, but ``iterate_bvec`` hands it single-page pieces, so a multi-page bvec
+    counts every page it spans, as in [6.x] ``bvec_npages()`` (which also counts the page
+    a zero-length bvec's offset lies in, if that offset is not 0). PIPE: free ring slots.
+    DISCARD: 0.
     """
     t = i.iter_type
     if not i.count or t == ITER_TYPE.ITER_DISCARD:
@@ -346,11 +384,19 @@ def iov_iter_npages(i: IovIter, maxpages: int) -> int:
 
         return min(pipe_npages(i), maxpages)
     npages = 0
+    if i.v6 and t == ITER_TYPE.ITER_BVEC:
+        size = i.count
+        for start, length in _segments(i):
+            length = min(length, size)
+            size -= length
+            npages += ((start & (PAGE_SIZE - 1)) + length + PAGE_SIZE - 1) >> PAGE_SHIFT
+            if npages >= maxpages:
+                return maxpages
+            if not size:
+                break
+        return npages
     for _k, start, length in i.chunks(i.count):
-        if t == ITER_TYPE.ITER_BVEC and not i.v6:
-            npages += 1
-        else:
-            npages += ((start + length + PAGE_SIZE - 1) >> PAGE_SHIFT) - (start >> PAGE_SHIFT)
+        npages += ((start + length + PAGE_SIZE - 1) >> PAGE_SHIFT) - (start >> PAGE_SHIFT)
         if npages >= maxpages:
             return maxpages
     return npages
@@ -359,8 +405,11 @@ def iov_iter_npages(i: IovIter, maxpages: int) -> int:
 def iov_iter_alignment(i: IovIter) -> int:
     """``iov_iter_alignment()``: OR of every remaining piece's start and length.
 
-    A caller tests ``alignment & (blocksize - 1)``. [6.x] UBUF: address | count. PIPE:
-    count, ORed with the in-buffer offset when the last buffer is partly filled.
+    A caller tests ``alignment & (blocksize - 1)``. [5.9] ORs what ``iterate_all_kinds``
+    hands its step (BVEC: per page piece, ``bv_offset | bv_len``); [6.x]
+    ``iov_iter_alignment_bvec()`` ORs each bvec's ``bv_offset + skip`` and length, a
+    zero-length bvec's offset included. UBUF: address | count. PIPE: count, ORed with the
+    in-buffer offset when the last buffer is partly filled.
     """
     t = i.iter_type
     if t == ITER_TYPE.ITER_DISCARD:
@@ -370,35 +419,84 @@ def iov_iter_alignment(i: IovIter) -> int:
 
         return pipe_alignment(i)
     res = 0
-    for _k, start, length in i.chunks(i.count):
+    if i.v6 and t == ITER_TYPE.ITER_BVEC:
+        size = i.count
+        for start, length in _segments(i):
+            length = min(length, size)
+            res |= start | length
+            size -= length
+            if not size:
+                break
+        return res
+    for start, length in _pieces(i):
         res |= start | length
     return res
 
 
 def iov_iter_gap_alignment(i: IovIter) -> int:
-    """``iov_iter_gap_alignment()`` (virt-boundary check of SG_IO): for every piece after the
-    first its start, and for every piece but the last the bytes remaining at it, ORed — the
-    v5.9 arithmetic exactly. PIPE and DISCARD WARN and return ~0U."""
+    """``iov_iter_gap_alignment()`` (virt-boundary check of SG_IO).
+
+    [5.9]: over the ``iterate_all_kinds`` pieces, each piece's start once ``res`` is
+    nonzero, and the bytes remaining at a piece unless it is the last, ORed; PIPE and
+    DISCARD WARN and return ~0U. [6.x] (the patch "iov_iter_gap_alignment(): get rid of
+    iterate_all_kinds()" <20210606191051.1216821-16-viro@zeniv.linux.org.uk> (v5.14)): IOVEC
+    only, ignoring ``iov_offset``, for each non-empty segment after the first its start ORed
+    with the previous one's end address; UBUF gives 0; anything else WARNs and gives ~0U.
+    """
     t = i.iter_type
+    if i.v6:
+        if t == ITER_TYPE.ITER_UBUF:
+            return 0
+        if t != ITER_TYPE.ITER_IOVEC:
+            i.pgdat.events.warn("iov_iter_gap_alignment", f"{t.name} iterator")
+            return 0xFFFFFFFF
+        res = prev_end = 0
+        size = i.count
+        for k in range(i._seg, i._seg + i.nr_segs):
+            base, length = int(i.segs[k, 0]), int(i.segs[k, 1])
+            if not length:
+                continue
+            if prev_end:
+                res |= base | prev_end
+            prev_end = base + length
+            if size <= length:
+                break
+            size -= length
+        return res
     if t in (ITER_TYPE.ITER_PIPE, ITER_TYPE.ITER_DISCARD):
         i.pgdat.events.warn("iov_iter_gap_alignment", "pipe or discard iterator")
         return 0xFFFFFFFF
     res = 0
     size = i.count
-    for _k, start, length in i.chunks(i.count):
+    for start, length in _pieces(i):
         res |= (start if res else 0) | (size if size != length else 0)
         size -= length
     return res
 
 
 def iov_iter_is_aligned(i: IovIter, addr_mask: int, len_mask: int) -> bool:
-    """``iov_iter_is_aligned()`` [6.0+]: every piece's start meets ``addr_mask`` and every
-    piece's length ``len_mask`` (used by ``bdev_iter_is_aligned``)."""
-    if i.iter_type in (ITER_TYPE.ITER_PIPE, ITER_TYPE.ITER_DISCARD):
+    """``iov_iter_is_aligned()`` [6.0+] (used by ``bdev_iter_is_aligned``): every segment
+    from the current one on, until ``count`` is used up, has its start (less
+    ``iov_offset`` for the first) within ``addr_mask`` and its length, capped at what
+    remains, within ``len_mask``. A zero-length segment on the way is checked too: its
+    address counts (``iov_iter_aligned_iovec()`` / ``iov_iter_aligned_bvec()``; BVEC lengths
+    as ``bv_len - skip``, the fix <20250428095849.11709-1-nj.shetty@samsung.com> to Linux
+    commit 2263639f96f2 ("iov_iter: streamline iovec/bvec alignment iteration"))."""
+    t = i.iter_type
+    if t in (ITER_TYPE.ITER_PIPE, ITER_TYPE.ITER_DISCARD):
         return not (i.count & len_mask)
-    if i.count & len_mask:
-        return False
-    return all(not (s & addr_mask) and not (n & len_mask) for _k, s, n in i.chunks(i.count))
+    if t == ITER_TYPE.ITER_UBUF:
+        start = int(i.segs[0, 0]) + i.iov_offset
+        return not (i.count & len_mask) and not (start & addr_mask)
+    size = i.count
+    for start, length in _segments(i):
+        length = min(length, size)
+        if length & len_mask or start & addr_mask:
+            return False
+        size -= length
+        if not size:
+            break
+    return True
 
 
 # --- copies ---------------------------------------------------------------------------------
