@@ -46,6 +46,7 @@ __all__ = [
     "bio_alloc",
     "bio_check_pages_dirty",
     "bio_full",
+    "bio_iov_iter_align_down",
     "bio_iov_iter_get_pages",
     "bio_release_pages",
     "bio_set_pages_dirty",
@@ -69,14 +70,6 @@ def bio_full(bio: Bio, length: int) -> bool:
     if bio.bi_vcnt >= bio.bi_max_vecs:
         return True
     return bio.bi_iter.bi_size > UINT_MAX - length
-
-
-def _lbs(bio: Bio) -> int:
-    bdev = bio.bi_bdev
-    if bdev is None:
-        return 0
-    limits = getattr(bdev, "limits", None)
-    return int(getattr(limits, "logical_block_size", 512))
 
 
 def page_is_mergeable(bio: Bio, k: int, page: int, length: int, off: int) -> tuple[bool, bool]:
@@ -297,8 +290,15 @@ def __bio_iov_iter_get_pages_59(bio: Bio, it: IovIter) -> int:
 
 
 def __bio_iov_iter_get_pages_6(bio: Bio, it: IovIter) -> int:
-    """[6.18] ``__bio_iov_iter_get_pages()``: extract, trim to the logical block size, add
-    pages (releasing a same-page duplicate), revert and release what was not used."""
+    """[6.18] ``__bio_iov_iter_get_pages()``: extract one segment's pages (capped by the free
+    bvec slots), group them by folio (a large folio gives one multi-page chunk,
+    ``get_contig_folio_len``), and add each chunk with ``bio_add_folio``, merging into the
+    last bvec when physically contiguous. If the first chunk of this extraction starts
+    inside a page and merged, it is the page the last bvec ended in: its new pin is dropped
+    at once (``unpin_user_folio(folio, 1)``). No alignment is checked here (v6.18: Linux
+    commits 743bf2e0c49c, 20a0e6276edb, 9eab1d4e0d15; see docs/research-6.18-bio.md)."""
+    pgdat = bio.pgdat
+    p = pgdat.pages
     pages, entries_left = _page_array(bio)
     size, _p, offset = iov_iter_extract_pages(
         it, pages, UINT_MAX - bio.bi_iter.bi_size, entries_left, holder=bio.holder
@@ -306,35 +306,73 @@ def __bio_iov_iter_get_pages_6(bio: Bio, it: IovIter) -> int:
     if size <= 0:
         return size if size else -errno.EFAULT
     nr_pages = (offset + size + PAGE_SIZE - 1) // PAGE_SIZE
-    lbs = _lbs(bio)
-    if lbs:
-        trim = size & (lbs - 1)
-        iov_iter_revert(it, trim)
-        size -= trim
-    ret = 0
-    i = 0
-    if size == 0:
-        ret = -errno.EFAULT
     left = size
+    i = 0
+    first = True
     while left > 0:
         page = int(pages[i])
-        length = min(PAGE_SIZE - offset, left)
-        merged, same = __bio_try_merge_page(bio, page, length, offset)
-        if merged:
-            if same:
-                _release_one(bio, page, "bio_iov_add_page")
-        else:
-            if bio_full(bio, length):
+        head = int(p.head[page])
+        # get_contig_folio_len(): following extracted pages of the same folio, in order.
+        n = 1
+        span = PAGE_SIZE - offset
+        while (
+            span < left
+            and i + n < nr_pages
+            and int(pages[i + n]) == page + n
+            and int(p.head[page + n]) == head
+        ):
+            n += 1
+            span += PAGE_SIZE
+        length = min(span, left)
+        vcnt = bio.bi_vcnt
+        if bio.bi_iter.bi_size > UINT_MAX - length:
+            break
+        merged, _same = __bio_try_merge_page(bio, page, length, offset)
+        if not merged:
+            if bio.bi_vcnt >= bio.bi_max_vecs:
                 break
             __bio_add_page(bio, page, length, offset)
+        elif first and offset and bio.bi_vcnt == vcnt:
+            _release_one(bio, page, "bio_iov_add_folio")
+        first = False
         offset = 0
         left -= length
-        i += 1
+        i += n
     iov_iter_revert(it, left)
     while i < nr_pages:
         _release_one(bio, int(pages[i]), "__bio_iov_iter_get_pages")
         i += 1
-    return ret
+    return 0
+
+
+def bio_iov_iter_align_down(bio: Bio, it: IovIter, len_align_mask: int) -> int:
+    """[6.18] ``bio_iov_iter_align_down()`` (Linux commit 20a0e6276edb): trim the bio's total
+    to a multiple of ``len_align_mask + 1``, giving the bytes back to the iterator.
+
+    A tail bvec no longer than what must go is dropped and **only its first page** is
+    unpinned; a longer one is shortened and nothing is unpinned. Both leak the pins of the
+    other pages a multi-page bvec covered: the kernel bug fixed later by "block: unpin all pages
+    of a bvec in bio_iov_iter_align_down()" (2026), measured on the host 6.18.44
+    (docs/research-6.18-bio.md §6) and kept here on purpose.
+    Return: 0, or -EFAULT if no bvec is left.
+    """
+    nbytes = bio.bi_iter.bi_size & len_align_mask
+    if not nbytes:
+        return 0
+    iov_iter_revert(it, nbytes)
+    bio.bi_iter.bi_size -= nbytes
+    while nbytes:
+        k = bio.bi_vcnt - 1
+        lo = int(bio.bi_io_vec[k, 1])
+        bv_len = lo >> 32
+        if bv_len > nbytes:
+            bio.bi_io_vec[k, 1] = lo - (nbytes << 32)
+            break
+        nbytes -= bv_len
+        first = int(bio.bi_io_vec[k, 0]) + ((lo & 0xFFFFFFFF) >> PAGE_SHIFT)
+        bio.bi_vcnt -= 1
+        _release_one(bio, first, "bio_iov_iter_align_down")
+    return 0 if bio.bi_vcnt else -errno.EFAULT
 
 
 def bio_iov_bvec_set(bio: Bio, it: IovIter) -> None:
@@ -369,12 +407,14 @@ def bio_iov_bvec_set(bio: Bio, it: IovIter) -> None:
     bio.bio_set_flag(BIO_FLAG.BIO_CLONED)
 
 
-def bio_iov_iter_get_pages(bio: Bio, it: IovIter) -> int:
+def bio_iov_iter_get_pages(bio: Bio, it: IovIter, len_align_mask: int = 0) -> int:
     """``bio_iov_iter_get_pages()``: fill ``bio`` from ``it`` and take what each profile
     takes on the pages.
 
     Loops one segment at a time until the bio is full or the iterator is empty; an error
-    after at least one bvec was added is swallowed (the bio is shorter).
+    after at least one bvec was added is swallowed (the bio is shorter). [6.18] then trims the
+    bio to ``len_align_mask`` (the logical block size - 1 for Direct I/O, 0 for passthrough);
+    ``len_align_mask`` is ignored by the 5.9 profiles, which take no such argument.
     Context: may fault pages in.
     Return: 0, or -errno if nothing could be added (-EFAULT for an unmapped first page,
     -EINVAL for a bio that already has bvecs [5.9]).
@@ -391,11 +431,14 @@ def bio_iov_iter_get_pages(bio: Bio, it: IovIter) -> int:
             return 0
         if iov_iter_extract_will_pin(it):
             bio.bio_set_flag(BIO_FLAG.BIO_PAGE_PINNED)
+        ret = 0
         while True:
             ret = __bio_iov_iter_get_pages_6(bio, it)
             if ret or not iov_iter_count(it) or bio_full(bio, 0):
                 break
-        return 0 if bio.bi_vcnt else ret
+        if bio.bi_vcnt:
+            return bio_iov_iter_align_down(bio, it, len_align_mask)
+        return ret
     if bio.bi_vcnt:
         pgdat.events.warn_once("bio_iov_iter_get_pages", "bio already has bvecs")
         return -errno.EINVAL
