@@ -1,0 +1,1 @@
+"""Filesystems and Direct I/O engines (``fs/``)."""

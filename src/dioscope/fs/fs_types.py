@@ -1,0 +1,236 @@
+"""VFS structures the Direct I/O engines and the syscall layer share
+(``include/linux/fs.h``, ``include/linux/iomap.h``, ``include/linux/buffer_head.h``).
+
+These are the contracts between the filesystem (``fs/modelfs``), the page cache
+(``mm/filemap.py``), the Direct I/O engines (``fs/iomap/direct_io.py``, ``fs/direct_io.py``,
+``fs/block_dev.py``) and the syscall layer (``fs/read_write.py``, ``syscalls/``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..block.devices import BlockDevice
+    from ..lib.iov_iter import IovIter
+    from ..mm.page_alloc import PgData
+
+__all__ = [
+    "FMODE",
+    "IOCB",
+    "IOMAP_FLAGS",
+    "IOMAP_NULL_ADDR",
+    "IOMAP_OP",
+    "IOMAP_TYPE",
+    "RWF",
+    "S_IFBLK",
+    "S_IFDIR",
+    "S_IFREG",
+    "BufferHead",
+    "File",
+    "FileOperations",
+    "Inode",
+    "IoMap",
+    "Kiocb",
+    "O",
+    "SuperBlock",
+]
+
+S_IFREG = 0o100000
+S_IFDIR = 0o040000
+S_IFBLK = 0o060000
+
+
+class O(enum.IntFlag):
+    """``open(2)`` flags (x86-64 values, ``include/uapi/asm-generic/fcntl.h``)."""
+
+    O_RDONLY = 0
+    O_WRONLY = 0o1
+    O_RDWR = 0o2
+    O_CREAT = 0o100
+    O_EXCL = 0o200
+    O_TRUNC = 0o1000
+    O_APPEND = 0o2000
+    O_NONBLOCK = 0o4000
+    O_DSYNC = 0o10000
+    O_DIRECT = 0o40000
+    O_LARGEFILE = 0o100000
+    O_DIRECTORY = 0o200000
+    O_SYNC = 0o4010000  # __O_SYNC | O_DSYNC
+
+
+O_ACCMODE = 0o3
+
+
+class FMODE(enum.IntFlag):
+    """``file->f_mode`` bits the model uses."""
+
+    FMODE_READ = 0x1
+    FMODE_WRITE = 0x2
+    FMODE_CAN_ODIRECT = 0x400000  # [6.x] (v5.x: a_ops->direct_IO != NULL)
+
+
+class RWF(enum.IntFlag):
+    """``preadv2``/``pwritev2`` flags (``include/uapi/linux/fs.h``)."""
+
+    RWF_HIPRI = 0x01
+    RWF_DSYNC = 0x02
+    RWF_SYNC = 0x04
+    RWF_NOWAIT = 0x08
+    RWF_APPEND = 0x10
+    RWF_NOAPPEND = 0x20  # [6.9+]
+    RWF_ATOMIC = 0x40  # [6.11+]
+    RWF_DONTCACHE = 0x80  # [6.14+]
+
+
+class IOCB(enum.IntFlag):
+    """``kiocb->ki_flags`` (``include/linux/fs.h``)."""
+
+    IOCB_HIPRI = 1 << 0
+    IOCB_DSYNC = 1 << 1
+    IOCB_SYNC = 1 << 2
+    IOCB_NOWAIT = 1 << 3
+    IOCB_APPEND = 1 << 4
+    IOCB_ATOMIC = 1 << 5
+    IOCB_DIRECT = 1 << 17
+    IOCB_WRITE = 1 << 18
+    IOCB_WAITQ = 1 << 19
+    IOCB_NOIO = 1 << 20
+
+
+class IOMAP_TYPE(enum.IntEnum):
+    """``iomap->type``."""
+
+    IOMAP_HOLE = 0
+    IOMAP_DELALLOC = 1
+    IOMAP_MAPPED = 2
+    IOMAP_UNWRITTEN = 3
+    IOMAP_INLINE = 4
+
+
+class IOMAP_FLAGS(enum.IntFlag):
+    """``iomap->flags``."""
+
+    IOMAP_F_NEW = 1 << 0
+    IOMAP_F_DIRTY = 1 << 1
+    IOMAP_F_SHARED = 1 << 2
+    IOMAP_F_MERGED = 1 << 3
+
+
+class IOMAP_OP(enum.IntFlag):
+    """Flags an ``iomap_begin`` is called with (``IOMAP_WRITE`` etc.)."""
+
+    IOMAP_WRITE = 1 << 0
+    IOMAP_ZERO = 1 << 1
+    IOMAP_REPORT = 1 << 2
+    IOMAP_FAULT = 1 << 3
+    IOMAP_DIRECT = 1 << 4
+    IOMAP_NOWAIT = 1 << 5
+    IOMAP_OVERWRITE_ONLY = 1 << 6
+
+
+IOMAP_NULL_ADDR = -1
+
+
+@dataclass
+class IoMap:
+    """``struct iomap``: one mapping of a file range onto the disk."""
+
+    offset: int
+    """File offset (bytes) where the mapping starts."""
+    length: int
+    type: IOMAP_TYPE
+    addr: int = IOMAP_NULL_ADDR
+    """Disk address (bytes) of ``offset``, or IOMAP_NULL_ADDR for holes."""
+    flags: int = 0
+    bdev: BlockDevice | None = None
+
+
+@dataclass
+class BufferHead:
+    """``struct buffer_head`` as a ``get_block_t`` callback fills it (legacy DIO)."""
+
+    b_size: int
+    """In: bytes wanted; out: bytes mapped contiguously from ``b_blocknr``."""
+    b_blocknr: int = -1
+    mapped: bool = False
+    new: bool = False
+    boundary: bool = False
+    unwritten: bool = False
+    b_bdev: BlockDevice | None = None
+
+
+class SuperBlock:
+    """``struct super_block``: a mounted filesystem on a block device."""
+
+    def __init__(self, bdev: BlockDevice, blocksize: int, dio_engine: str) -> None:
+        self.s_bdev = bdev
+        self.s_blocksize = blocksize
+        self.s_blocksize_bits = blocksize.bit_length() - 1
+        self.dio_engine = dio_engine
+        """``"iomap"`` (ext4/xfs style, default) or ``"legacy"`` (``fs/direct-io.c``)."""
+        self.fs: Any = None
+
+
+class Inode:
+    """``struct inode`` fields the model uses; a filesystem subclasses or fills it."""
+
+    def __init__(self, sb: SuperBlock | None, ino: int, mode: int, pgdat: PgData) -> None:
+        self.i_sb = sb
+        self.i_ino = ino
+        self.i_mode = mode
+        self.i_size = 0
+        self.i_blkbits = sb.s_blocksize_bits if sb else 12
+        self.i_nlink = 1
+        self.i_dio_count = 0
+        self.i_mapping: Any = None
+        """The page cache (``mm.filemap.AddressSpace``)."""
+        self.i_bdev: BlockDevice | None = None
+        """For a block-device inode: the device itself."""
+        self.pgdat = pgdat
+
+    def is_reg(self) -> bool:
+        return (self.i_mode & 0o170000) == S_IFREG
+
+    def is_dir(self) -> bool:
+        return (self.i_mode & 0o170000) == S_IFDIR
+
+    def is_blk(self) -> bool:
+        return (self.i_mode & 0o170000) == S_IFBLK
+
+
+class FileOperations(Protocol):
+    """``struct file_operations``: what the syscall layer calls on an open file."""
+
+    def read_iter(self, iocb: Kiocb, it: IovIter) -> int: ...
+
+    def write_iter(self, iocb: Kiocb, it: IovIter) -> int: ...
+
+
+@dataclass
+class File:
+    """``struct file``: an open file description."""
+
+    f_inode: Inode
+    f_flags: int
+    f_mode: int
+    f_op: Any
+    f_pos: int = 0
+    f_mapping: Any = None
+    private: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Kiocb:
+    """``struct kiocb``: one I/O on a file at a position."""
+
+    ki_filp: File
+    ki_pos: int
+    ki_flags: int = 0
+    ki_complete: Any = None
+    """None for a synchronous kiocb (``is_sync_kiocb``); the model's I/O is synchronous."""
+
+    def is_sync_kiocb(self) -> bool:
+        return self.ki_complete is None
