@@ -24,6 +24,7 @@ __all__ = [
     "IOMAP_NULL_ADDR",
     "IOMAP_OP",
     "IOMAP_TYPE",
+    "OFLAG",
     "RWF",
     "S_IFBLK",
     "S_IFDIR",
@@ -34,7 +35,6 @@ __all__ = [
     "Inode",
     "IoMap",
     "Kiocb",
-    "O",
     "SuperBlock",
 ]
 
@@ -43,7 +43,7 @@ S_IFDIR = 0o040000
 S_IFBLK = 0o060000
 
 
-class O(enum.IntFlag):
+class OFLAG(enum.IntFlag):
     """``open(2)`` flags (x86-64 values, ``include/uapi/asm-generic/fcntl.h``)."""
 
     O_RDONLY = 0
