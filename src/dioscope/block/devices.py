@@ -1,0 +1,367 @@
+"""Block devices that move real bytes (``struct gendisk`` + a blk-mq driver's ``queue_rq``).
+
+:class:`BlockDevice` holds what the block layer needs of a disk: ``MAJ:MIN``, name, queue
+limits, capacity, scheduler, the completion queue, and fault injection. A driver implements
+:meth:`BlockDevice._transfer`, which moves the bytes of one request between the disk and
+physical memory, given the request's scatter-gather list (``blk_rq_map_sg``: physical
+addresses and lengths of the frames the bios name).
+
+* :class:`MemDevice` keeps the disk in a sparse anonymous mapping.
+* :class:`FileDevice` keeps it in a host file and moves each request with ``os.preadv`` /
+  ``os.pwritev`` over memoryviews of the physical frames, through an ``O_DIRECT`` descriptor
+  when the request's memory, lengths and offset are aligned to the host device's needs
+  (they normally are: bvec pieces are 512-byte multiples of page-aligned frames), through a
+  buffered one otherwise; a short host transfer is continued until done.
+
+Both give byte-identical disks and memory for the same workload.
+
+Faults (:meth:`BlockDevice.inject`): :class:`EIOOnRequest`, :class:`EIOOnSectors`,
+:class:`ShortTransfer`. A failed request moves no bytes and completes with BLK_STS_IOERR; a
+short one moves its first bytes and completes them, then ends the rest with BLK_STS_IOERR, as
+a driver calling ``blk_update_request`` with the good part and then the error does.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..kernel.trace import mkdev
+from ..kernel.types import parse_size
+from .blk_merge import blk_rq_map_sg
+from .blk_mq import CompletionQueue, Request
+from .blk_settings import QueueLimits, host_disk
+from .blk_types import BLK_STS, REQ_FLAG, REQ_OP, SECTOR_SHIFT
+
+if TYPE_CHECKING:
+    from ..mm.page_alloc import PgData
+
+__all__ = [
+    "BlockDevice",
+    "EIOOnRequest",
+    "EIOOnSectors",
+    "Fault",
+    "FileDevice",
+    "MemDevice",
+    "ShortTransfer",
+    "host_file_device",
+]
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
+@dataclass
+class Fault:
+    """A fault armed on a device."""
+
+    fired: int = field(default=0, init=False)
+    """How many requests it has failed so far."""
+
+
+@dataclass
+class EIOOnRequest(Fault):
+    """The ``nth`` request issued after injection (1 = the next one) fails with EIO."""
+
+    nth: int = 1
+    _at: int = field(default=0, init=False, repr=False)
+
+
+@dataclass
+class EIOOnSectors(Fault):
+    """Every request touching sectors ``[start, end)`` fails with EIO (until cleared)."""
+
+    start: int = 0
+    end: int = 0
+
+
+@dataclass
+class ShortTransfer(Fault):
+    """The ``nth`` request issued after injection moves only its first ``nbytes`` (a
+    multiple of 512), then fails with EIO."""
+
+    nth: int = 1
+    nbytes: int = 0
+    _at: int = field(default=0, init=False, repr=False)
+
+
+class BlockDevice:
+    """A disk: its queue and the driver contract. Subclasses move the bytes."""
+
+    def __init__(self, pgdat: PgData, capacity: int | str, *, limits: QueueLimits | None = None,
+                 name: str = "vda", major: int = 254, minor: int = 0,
+                 elevator: str = "mq-deadline", cq: CompletionQueue | None = None) -> None:
+        self.pgdat = pgdat
+        self.name = name
+        self.major, self.minor = major, minor
+        self.dev = mkdev(major, minor)
+        self.limits = limits if limits is not None else QueueLimits()
+        nbytes = parse_size(capacity)
+        self.nr_sectors = nbytes >> SECTOR_SHIFT
+        """``bdev_nr_sectors()``: capacity in 512-byte sectors."""
+        self.elevator = elevator
+        """The I/O scheduler (``queue/scheduler``); with ``"none"`` nothing is inserted."""
+        self.nomerges = 0
+        """``queue/nomerges``: 0 merges allowed, nonzero none."""
+        self.cq = cq if cq is not None else CompletionQueue()
+        self.nr_issued = 0
+        """Requests issued to the driver so far."""
+        self.faults: list[Fault] = []
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self.flushes = 0
+
+    @property
+    def capacity(self) -> int:
+        """Size in bytes."""
+        return self.nr_sectors << SECTOR_SHIFT
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.name} {self.major}:{self.minor}, "
+                f"{self.nr_sectors} sectors)")
+
+    # --- faults --------------------------------------------------------------------------
+    def inject(self, fault: Fault) -> Fault:
+        """Arm ``fault``. Return: it (its ``fired`` counts the requests it failed)."""
+        if isinstance(fault, ShortTransfer) and fault.nbytes % 512:
+            raise ValueError(f"a short transfer of {fault.nbytes} bytes is not a whole "
+                             f"number of sectors")
+        if isinstance(fault, EIOOnRequest | ShortTransfer):
+            if fault.nth < 1:
+                raise ValueError(f"nth must be at least 1, not {fault.nth}")
+            fault._at = self.nr_issued + fault.nth
+        self.faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def _fault_for(self, rq: Request) -> tuple[int, int | None]:
+        """(status, bytes to move or None for all) that the armed faults impose on the
+        request being issued."""
+        for f in self.faults:
+            if isinstance(f, EIOOnSectors):
+                if rq.sector < f.end and f.start < rq.sector + rq.nr_sectors:
+                    f.fired += 1
+                    return BLK_STS.BLK_STS_IOERR, 0
+            elif isinstance(f, EIOOnRequest | ShortTransfer) and f._at == self.nr_issued:
+                f.fired += 1
+                self.faults.remove(f)
+                if isinstance(f, ShortTransfer) and f.nbytes < rq.data_len:
+                    return BLK_STS.BLK_STS_IOERR, f.nbytes
+                if isinstance(f, EIOOnRequest):
+                    return BLK_STS.BLK_STS_IOERR, 0
+        return BLK_STS.BLK_STS_OK, None
+
+    # --- the driver -----------------------------------------------------------------------
+    def queue_rq(self, rq: Request) -> None:
+        """``->queue_rq()``: perform ``rq`` and post its completion.
+
+        Context: called by dispatch after ``block_rq_issue``; the completion runs later in
+        the completion context.
+        """
+        self.nr_issued += 1
+        status, limit = self._fault_for(rq)
+        if status and limit == 0:
+            self.cq.post(rq, 0, status)
+            return
+        op = rq.op()
+        if op == REQ_OP.REQ_OP_FLUSH or rq.cmd_flags & REQ_FLAG.REQ_PREFLUSH:
+            self._flush()
+        done = 0
+        if rq.data_len and op in (REQ_OP.REQ_OP_READ, REQ_OP.REQ_OP_WRITE):
+            write = op == REQ_OP.REQ_OP_WRITE
+            phys, lens = blk_rq_map_sg(rq, limit)
+            done = self._transfer(write, rq.sector << SECTOR_SHIFT, phys, lens)
+            if write:
+                self.bytes_written += done
+            else:
+                self.bytes_read += done
+            if done < (limit if limit is not None else rq.data_len):
+                status = BLK_STS.BLK_STS_IOERR
+        else:
+            done = rq.data_len
+        if rq.cmd_flags & REQ_FLAG.REQ_FUA and not status:
+            self._flush()
+        self.cq.post(rq, done, status)
+
+    def _transfer(self, write: bool, offset: int, phys: np.ndarray, lens: np.ndarray) -> int:
+        """Move ``lens[i]`` bytes at physical ``phys[i]`` to (``write``) or from the disk,
+        the pieces back to back from byte ``offset``.
+
+        Return: bytes moved (fewer on a device error).
+        """
+        raise NotImplementedError
+
+    def _flush(self) -> None:
+        """Make written data durable (PREFLUSH / FUA / REQ_OP_FLUSH)."""
+        self.flushes += 1
+
+    # --- model-only access to the medium --------------------------------------------------
+    def read_disk(self, offset: int, length: int) -> bytes:
+        """The bytes on the medium (not a kernel operation: for tests and checkers)."""
+        raise NotImplementedError
+
+    def write_disk(self, offset: int, data: bytes) -> None:
+        """Put bytes on the medium behind the block layer's back (test setup)."""
+        raise NotImplementedError
+
+
+class MemDevice(BlockDevice):
+    """A disk kept in host memory: a sparse shared-memory file (``memfd``) mapped whole, so
+    untouched sectors are zero and cost nothing and even a disk the size of the host's maps
+    without a commit charge; also visible as the numpy array ``data``."""
+
+    def __init__(self, pgdat: PgData, capacity: int | str = "64M", **kw: object) -> None:
+        super().__init__(pgdat, capacity, **kw)  # type: ignore[arg-type]
+        size = max(self.capacity, mmap.PAGESIZE)
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create(f"dioscope-{self.name}")
+            try:
+                os.ftruncate(fd, size)
+                self._map = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+            finally:
+                os.close(fd)
+        else:
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+            self._map = mmap.mmap(-1, size, flags=flags)
+        self.disk = memoryview(self._map)
+        self.data = np.frombuffer(self._map, np.uint8)
+
+    def _transfer(self, write: bool, offset: int, phys: np.ndarray, lens: np.ndarray) -> int:
+        mem = self.pgdat.mem.view
+        disk = self.disk
+        pos = offset
+        for p, n in zip(phys.tolist(), lens.tolist()):
+            if write:
+                disk[pos : pos + n] = mem[p : p + n]
+            else:
+                mem[p : p + n] = disk[pos : pos + n]
+            pos += n
+        return pos - offset
+
+    def read_disk(self, offset: int, length: int) -> bytes:
+        return bytes(self.disk[offset : offset + length])
+
+    def write_disk(self, offset: int, data: bytes) -> None:
+        self.disk[offset : offset + len(data)] = data
+
+
+class FileDevice(BlockDevice):
+    """A disk kept in a host file; requests move with ``preadv`` / ``pwritev``.
+
+    ``capacity`` defaults to the file's size; a smaller file is extended (sparse). Limits
+    default to those of the host disk holding the file (kernel defaults if it is not on a
+    block device). ``direct=False`` never uses ``O_DIRECT``.
+    """
+
+    def __init__(self, pgdat: PgData, path: str | os.PathLike[str],
+                 capacity: int | str | None = None, *, direct: bool = True,
+                 **kw: object) -> None:
+        self.path = os.fspath(path)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        size = os.fstat(self.fd).st_size
+        nbytes = parse_size(capacity) if capacity is not None else size
+        if size < nbytes:
+            os.ftruncate(self.fd, nbytes)
+        if "limits" not in kw:
+            try:
+                kw["limits"] = QueueLimits.from_host(self.path)
+            except (OSError, ValueError):
+                kw["limits"] = QueueLimits()
+        super().__init__(pgdat, nbytes, **kw)  # type: ignore[arg-type]
+        self.align = 512
+        """Host O_DIRECT alignment of memory, lengths and offset."""
+        try:
+            hlim = QueueLimits.from_host(self.path)
+            self.align = max(hlim.logical_block_size, hlim.dma_alignment + 1)
+        except (OSError, ValueError):
+            pass
+        self.direct_fd: int | None = None
+        if direct and hasattr(os, "O_DIRECT"):
+            try:
+                self.direct_fd = os.open(self.path, os.O_RDWR | os.O_DIRECT)
+            except OSError:
+                self.direct_fd = None
+        self.direct_requests = 0
+        self.buffered_requests = 0
+
+    def close(self) -> None:
+        for fd in (self.fd, self.direct_fd):
+            if fd is not None and fd >= 0:
+                os.close(fd)
+        self.fd = -1
+        self.direct_fd = None
+
+    def __enter__(self) -> FileDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _aligned(self, offset: int, phys: np.ndarray, lens: np.ndarray) -> bool:
+        m = self.align - 1
+        return not offset & m and not int(np.bitwise_or.reduce(phys | lens)) & m
+
+    def _transfer(self, write: bool, offset: int, phys: np.ndarray, lens: np.ndarray) -> int:
+        mem = self.pgdat.mem.view
+        bufs = [mem[p : p + n] for p, n in zip(phys.tolist(), lens.tolist())]
+        fd = self.fd
+        if self.direct_fd is not None and self._aligned(offset, phys, lens):
+            fd = self.direct_fd
+            self.direct_requests += 1
+        else:
+            self.buffered_requests += 1
+        op = os.pwritev if write else os.preadv
+        done = 0
+        while bufs:
+            chunk = bufs[:_IOV_MAX]
+            want = sum(len(b) for b in chunk)
+            try:
+                n = op(fd, chunk, offset + done)
+            except OSError:
+                if fd == self.direct_fd:  # the host refused O_DIRECT: retry buffered
+                    fd = self.fd
+                    continue
+                return done
+            if n <= 0:
+                return done
+            done += n
+            if n == want:
+                del bufs[: len(chunk)]
+                continue
+            # A short host transfer: drop what moved, continue from the partial buffer.
+            while n >= len(bufs[0]):
+                n -= len(bufs[0])
+                del bufs[0]
+            if n:
+                bufs[0] = bufs[0][n:]
+            if fd == self.direct_fd and done & (self.align - 1):
+                fd = self.fd  # the rest is no longer aligned
+        return done
+
+    def _flush(self) -> None:
+        super()._flush()
+        os.fdatasync(self.fd)
+
+    def read_disk(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset).ljust(length, b"\0")
+
+    def write_disk(self, offset: int, data: bytes) -> None:
+        os.pwrite(self.fd, data, offset)
+
+
+def host_file_device(pgdat: PgData, path: str | os.PathLike[str],
+                     capacity: int | str | None = None, **kw: object) -> FileDevice:
+    """A FileDevice that looks like the host disk holding ``path`` (same ``MAJ:MIN``, name,
+    scheduler and limits), so its traces compare with the host's."""
+    disk = host_disk(path)
+    kw.setdefault("name", disk.name)
+    kw.setdefault("major", disk.major)
+    kw.setdefault("minor", disk.minor)
+    if disk.scheduler:
+        kw.setdefault("elevator", disk.scheduler)
+    return FileDevice(pgdat, path, capacity, **kw)  # type: ignore[arg-type]
