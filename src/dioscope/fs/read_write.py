@@ -1,0 +1,173 @@
+"""read/write/readv/writev/pread*/pwrite*/preadv2/pwritev2 (``fs/read_write.c``,
+``lib/iov_iter.c`` ``import_iovec``/``import_ubuf``, ``include/linux/fs.h``
+``kiocb_set_rw_flags``/``iocb_flags``).
+
+Each ``do_*`` function returns bytes or -errno exactly as the syscall would; the Process layer
+turns -errno into ``OSError``. User iovec arrays are given as (base, len) pairs (the model has
+no user memory for the array itself).
+
+Order of checks, as the kernel does them: fd and mode (EBADF), then the iovec array
+(EINVAL for more than IOV_MAX segments or a negative length, EFAULT for a segment beyond the
+user address space), then RWF flags (EOPNOTSUPP), then ``rw_verify_area`` (EINVAL for a
+negative position), then the file's ``read_iter``/``write_iter``.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..kernel.types import MAX_RW_COUNT, TASK_SIZE, UIO_MAXIOV
+from ..lib.iov_iter import ITER_DEST, ITER_SOURCE, IovIter, iov_iter_init, iov_iter_ubuf
+from .fs_types import FMODE, IOCB, OFLAG, RWF, File, Kiocb
+
+if TYPE_CHECKING:
+    from ..mm.mm_types import MmStruct
+
+__all__ = [
+    "do_iter_read",
+    "do_iter_write",
+    "import_iovec",
+    "iocb_flags",
+    "kiocb_set_rw_flags",
+    "rw_verify_area",
+]
+
+_SSIZE_MAX = (1 << 63) - 1
+_RWF_SUPPORTED = (
+    RWF.RWF_HIPRI | RWF.RWF_DSYNC | RWF.RWF_SYNC | RWF.RWF_NOWAIT | RWF.RWF_APPEND
+    | RWF.RWF_NOAPPEND | RWF.RWF_ATOMIC | RWF.RWF_DONTCACHE
+)
+_RWF_SUPPORTED_59 = RWF.RWF_HIPRI | RWF.RWF_DSYNC | RWF.RWF_SYNC | RWF.RWF_NOWAIT | RWF.RWF_APPEND
+
+
+def _access_ok(base: int, length: int) -> bool:
+    """``access_ok()``: the range lies in user space."""
+    return base >= 0 and length >= 0 and base + length <= TASK_SIZE + 4096
+
+
+def import_iovec(
+    rw: int, iov: Sequence[tuple[int, int]], mm: MmStruct
+) -> tuple[int, IovIter | None]:
+    """``import_iovec()``: check a user iovec array and make an iterator of it.
+
+    More than UIO_MAXIOV segments or a negative (as ssize_t) length → -EINVAL; a segment
+    outside user space → -EFAULT; the total is capped at MAX_RW_COUNT by shortening the
+    segments that pass it. [6.x] a single segment becomes an ITER_UBUF.
+    Return: (total bytes or -errno, the iterator).
+    """
+    pgdat = mm.pgdat
+    nr = len(iov)
+    if nr > UIO_MAXIOV:
+        return -errno.EINVAL, None
+    segs = np.zeros((nr, 2), np.int64)
+    total = 0
+    for k, (base, length) in enumerate(iov):
+        if length < 0 or length > _SSIZE_MAX:
+            return -errno.EINVAL, None
+        if not _access_ok(base, length):
+            return -errno.EFAULT, None
+        if length > MAX_RW_COUNT - total:
+            length = MAX_RW_COUNT - total
+        segs[k] = (base, length)
+        total += length
+    direction = ITER_DEST if rw == ITER_DEST else ITER_SOURCE
+    if nr == 1 and pgdat.cfg.ITER_UBUF:
+        return total, iov_iter_ubuf(pgdat, direction, int(segs[0, 0]), total, mm)
+    return total, iov_iter_init(pgdat, direction, segs, nr, total, mm)
+
+
+def iocb_flags(f: File) -> int:
+    """``iocb_flags()``: kiocb flags implied by the open flags."""
+    res = 0
+    if f.f_flags & OFLAG.O_APPEND:
+        res |= IOCB.IOCB_APPEND
+    if f.f_flags & OFLAG.O_DIRECT:
+        res |= IOCB.IOCB_DIRECT
+    if f.f_flags & OFLAG.O_DSYNC:
+        res |= IOCB.IOCB_DSYNC
+    if f.f_flags & (OFLAG.O_SYNC & ~OFLAG.O_DSYNC):
+        res |= IOCB.IOCB_SYNC
+    return res
+
+
+def kiocb_set_rw_flags(ki: Kiocb, flags: int, rw_type: int, v6: bool) -> int:
+    """``kiocb_set_rw_flags()``: RWF_* of preadv2/pwritev2 into kiocb flags.
+
+    Unknown flags → -EOPNOTSUPP; RWF_NOWAIT on a file without FMODE_NOWAIT → -EOPNOTSUPP
+    (the model's files all support it). Return: 0 or -errno.
+    """
+    supported = _RWF_SUPPORTED if v6 else _RWF_SUPPORTED_59
+    if flags & ~int(supported):
+        return -errno.EOPNOTSUPP
+    kiocb_flags = 0
+    if flags & RWF.RWF_NOWAIT:
+        kiocb_flags |= IOCB.IOCB_NOWAIT
+    if flags & RWF.RWF_HIPRI:
+        kiocb_flags |= IOCB.IOCB_HIPRI
+    if flags & RWF.RWF_DSYNC:
+        kiocb_flags |= IOCB.IOCB_DSYNC
+    if flags & RWF.RWF_SYNC:
+        kiocb_flags |= IOCB.IOCB_DSYNC | IOCB.IOCB_SYNC
+    if flags & RWF.RWF_APPEND:
+        if rw_type == ITER_DEST:
+            return -errno.EOPNOTSUPP if v6 else 0
+        kiocb_flags |= IOCB.IOCB_APPEND
+    if flags & RWF.RWF_NOAPPEND:
+        if rw_type == ITER_DEST:
+            return -errno.EOPNOTSUPP
+        ki.ki_flags &= ~int(IOCB.IOCB_APPEND)
+    ki.ki_flags |= kiocb_flags
+    return 0
+
+
+def rw_verify_area(f: File, pos: int, count: int) -> int:
+    """``rw_verify_area()``: a negative position, or one whose end overflows loff_t, is
+    -EINVAL / -EOVERFLOW. Return: 0 or -errno."""
+    if pos < 0:
+        return -errno.EINVAL
+    if count > (1 << 63) - 1 - pos:
+        return -errno.EOVERFLOW
+    return 0
+
+
+def _do_iter(f: File, it: IovIter, pos: int | None, rwf: int, write: bool) -> int:
+    """``do_iter_read()`` / ``do_iter_write()`` + ``do_iter_readv_writev()``, in the kernel's
+    order: mode (EBADF), empty (0), ``rw_verify_area``, RWF flags (EOPNOTSUPP), the file."""
+    pgdat = f.f_inode.pgdat
+    if not f.f_mode & (FMODE.FMODE_WRITE if write else FMODE.FMODE_READ):
+        return -errno.EBADF
+    if f.f_inode.is_dir():
+        return -errno.EISDIR  # generic_read_dir(); a directory is never open for writing
+    if not it.count:
+        return 0
+    use_pos = f.f_pos if pos is None else pos
+    ret = rw_verify_area(f, use_pos, it.count)
+    if ret:
+        return ret
+    ki = Kiocb(f, use_pos, iocb_flags(f) | (int(IOCB.IOCB_WRITE) if write else 0))
+    ret = kiocb_set_rw_flags(ki, rwf, ITER_SOURCE if write else ITER_DEST,
+                             pgdat.cfg.ITER_UBUF)
+    if ret:
+        return ret
+    if write:
+        ret = f.f_op.write_iter(ki, it)
+    else:
+        ret = f.f_op.read_iter(ki, it)
+    if ret > 0 and pos is None:
+        f.f_pos = ki.ki_pos
+    return int(ret)
+
+
+def do_iter_read(f: File, it: IovIter, pos: int | None, rwf: int = 0) -> int:
+    """``vfs_iter_read()`` / ``do_iter_readv_writev(READ)``: ``pos`` None means the file
+    position (read/readv), which then advances. Return: bytes read or -errno."""
+    return _do_iter(f, it, pos, rwf, write=False)
+
+
+def do_iter_write(f: File, it: IovIter, pos: int | None, rwf: int = 0) -> int:
+    """``vfs_iter_write()``. Return: bytes written or -errno."""
+    return _do_iter(f, it, pos, rwf, write=True)
