@@ -6,6 +6,9 @@ It composes the model layers; the harness observes it through ``kernel.pgdat.hoo
 
 from __future__ import annotations
 
+from typing import Any
+
+from .fs.vfs import Vfs
 from .kernel.config import Profile
 from .mm.page_alloc import PgData
 from .mm.vmstat import VmStat
@@ -22,6 +25,18 @@ class Kernel:
         self.cfg = self.pgdat.cfg
         self.processes: list[Process] = []
         self._next_pid = 1
+        self.vfs = Vfs()
+        """Mounted filesystem at ``/`` and block devices under ``/dev``."""
+
+    def add_disk(self, bdev: Any) -> Any:
+        """Make ``bdev`` (a ``block.devices.BlockDevice``) visible as ``/dev/NAME``."""
+        self.vfs.devices[bdev.name] = bdev
+        return bdev
+
+    def mount(self, fs: Any) -> Any:
+        """Mount ``fs`` (a filesystem object with ``open(name, flags, mode)``) at ``/``."""
+        self.vfs.root = fs
+        return fs
 
     @property
     def vmstat(self) -> VmStat:
@@ -33,7 +48,7 @@ class Kernel:
 
     def spawn(self, comm: str = "dioscope") -> Process:
         """Start a process with an empty address space."""
-        proc = Process(self.pgdat, self._new_pid(), comm)
+        proc = Process(self.pgdat, self._new_pid(), comm, vfs=self.vfs)
         self.processes.append(proc)
         return proc
 

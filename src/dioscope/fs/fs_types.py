@@ -69,6 +69,9 @@ class FMODE(enum.IntFlag):
 
     FMODE_READ = 0x1
     FMODE_WRITE = 0x2
+    FMODE_LSEEK = 0x4
+    FMODE_PREAD = 0x8
+    FMODE_PWRITE = 0x10
     FMODE_CAN_ODIRECT = 0x400000  # [6.x] (v5.x: a_ops->direct_IO != NULL)
 
 

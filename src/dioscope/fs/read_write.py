@@ -171,3 +171,28 @@ def do_iter_read(f: File, it: IovIter, pos: int | None, rwf: int = 0) -> int:
 def do_iter_write(f: File, it: IovIter, pos: int | None, rwf: int = 0) -> int:
     """``vfs_iter_write()``. Return: bytes written or -errno."""
     return _do_iter(f, it, pos, rwf, write=True)
+
+
+def vfs_read_write(f: File, buf: int, count: int, pos: int | None, write: bool,
+                   mm: MmStruct) -> int:
+    """``vfs_read()`` / ``vfs_write()`` of one user buffer (read, write, pread64, pwrite64).
+
+    Order: mode (EBADF), ``access_ok`` (EFAULT), ``rw_verify_area``, count capped at
+    MAX_RW_COUNT, then the file through a single-segment iterator ([6.x] ITER_UBUF,
+    [5.9] ITER_IOVEC via ``import_single_range``).
+    Return: bytes or -errno.
+    """
+    if not f.f_mode & (FMODE.FMODE_WRITE if write else FMODE.FMODE_READ):
+        return -errno.EBADF
+    if count < 0 or count > _SSIZE_MAX:
+        return -errno.EINVAL if write else -errno.EFAULT
+    if not _access_ok(buf, count):
+        return -errno.EFAULT
+    count = min(count, MAX_RW_COUNT)
+    pgdat = mm.pgdat
+    direction = ITER_SOURCE if write else ITER_DEST
+    if pgdat.cfg.ITER_UBUF:
+        it = iov_iter_ubuf(pgdat, direction, buf, count, mm)
+    else:
+        it = iov_iter_init(pgdat, direction, [(buf, count)], 1, count, mm)
+    return _do_iter(f, it, pos, 0, write)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..mm.fork import dup_mmap
 from ..mm.memory import zap_page_range
@@ -16,6 +16,7 @@ from ..mm.mm_types import MmStruct
 from ..mm.mmap import (
     MAP_ANONYMOUS,
     MAP_PRIVATE,
+    MAP_SHARED,
     PROT_READ,
     PROT_WRITE,
     do_madvise,
@@ -24,6 +25,7 @@ from ..mm.mmap import (
     do_munmap,
 )
 from ..mm.uaccess import read_user, touch_user, write_user
+from .files import FileSyscalls, FileTable
 
 if TYPE_CHECKING:
     from ..mm.page_alloc import PgData
@@ -37,25 +39,46 @@ def _check(ret: int) -> int:
     return ret
 
 
-class Process:
-    """One process (``task_struct`` with its ``mm_struct``)."""
+class Process(FileSyscalls):
+    """One process (``task_struct`` with its ``mm_struct`` and ``files_struct``)."""
 
     def __init__(self, pgdat: PgData, pid: int, comm: str = "dioscope",
-                 mm: MmStruct | None = None) -> None:
+                 mm: MmStruct | None = None, vfs: Any = None) -> None:
         self.pgdat = pgdat
         self.pid = pid
         self.comm = comm
         self.mm = mm if mm is not None else MmStruct(pgdat)
+        self.vfs = vfs
+        self.files = FileTable(self)
         self.alive = True
         self._children: list[Process] = []
 
     # --- memory syscalls ---------------------------------------------------------------
     def mmap(self, length: int, prot: int = PROT_READ | PROT_WRITE,
-             flags: int = MAP_PRIVATE | MAP_ANONYMOUS, addr: int = 0) -> int:
-        """``mmap(2)`` of anonymous memory. Return: the address; OSError on failure."""
-        if not flags & MAP_ANONYMOUS:
-            raise OSError(errno.EBADF, os.strerror(errno.EBADF))  # no fd given
-        return _check(do_mmap(self.mm, addr, length, prot, flags))
+             flags: int = MAP_PRIVATE | MAP_ANONYMOUS, addr: int = 0, fd: int = -1,
+             offset: int = 0) -> int:
+        """``mmap(2)``: anonymous memory, or the file open as ``fd`` from ``offset``.
+
+        Return: the address; OSError (EBADF, EACCES, EINVAL, ENODEV, ENOMEM) on failure.
+        """
+        if flags & MAP_ANONYMOUS:
+            return _check(do_mmap(self.mm, addr, length, prot, flags))
+        f = self.files.get(fd)
+        if f is None:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        if offset % 4096 or offset < 0:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        from ..fs.fs_types import FMODE
+
+        if not f.f_mode & FMODE.FMODE_READ:
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+        if flags & MAP_SHARED and prot & PROT_WRITE and not f.f_mode & FMODE.FMODE_WRITE:
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+        get_vm_file = getattr(f.f_op, "vm_file", None)
+        if get_vm_file is None:
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+        return _check(do_mmap(self.mm, addr, length, prot, flags, get_vm_file(f),
+                              offset // 4096))
 
     def munmap(self, addr: int, length: int) -> None:
         _check(do_munmap(self.mm, addr, length))
@@ -81,8 +104,9 @@ class Process:
 
     # --- processes -----------------------------------------------------------------------
     def fork(self, pid: int) -> Process:
-        """``fork(2)``: a child with a copy of this address space."""
-        child = Process(self.pgdat, pid, self.comm, dup_mmap(self.mm))
+        """``fork(2)``: a child with a copy of this address space and of the fd table."""
+        child = Process(self.pgdat, pid, self.comm, dup_mmap(self.mm), self.vfs)
+        child.files = self.files.fork(child)
         self._children.append(child)
         return child
 
