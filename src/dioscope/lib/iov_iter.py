@@ -178,7 +178,7 @@ class IovIter:
 
 # --- constructors ---------------------------------------------------------------------------
 def _as_segs(iov: Sequence[tuple[int, int]] | np.ndarray, dtype: type = np.int64) -> np.ndarray:
-    arr = np.asarray(iov, dtype=dtype).reshape(-1, 2)
+    arr: np.ndarray = np.asarray(iov, dtype=dtype).reshape(-1, 2)
     return arr
 
 
