@@ -51,6 +51,8 @@ _BLK_ERRORS: dict[int, int] = {
     BLK_STS.BLK_STS_AGAIN: -errno.EAGAIN,
 }
 _ERRNO_TO_STS = {v: k for k, v in _BLK_ERRORS.items()}
+_CHAIN = int(BIO_FLAG.BIO_CHAIN)
+_TRACE_COMPLETION = int(BIO_FLAG.BIO_TRACE_COMPLETION)
 
 
 def blk_status_to_errno(status: int) -> int:
@@ -177,7 +179,7 @@ def bio_chain(bio: Bio, parent: Bio) -> None:
 
 def _bio_remaining_done(bio: Bio) -> bool:
     """``bio_remaining_done()``: count one completion of a chained parent."""
-    if not bio.bi_flags & BIO_FLAG.BIO_CHAIN:
+    if not bio.bi_flags & _CHAIN:
         return True
     if bio.bi_remaining <= 0:
         bio.pgdat.events.bug("bio_endio", f"bi_remaining {bio.bi_remaining} of {bio!r}")
@@ -202,7 +204,7 @@ def bio_endio(bio: Bio) -> None:
     while True:
         if not _bio_remaining_done(bio):
             return
-        if bio.bi_flags & BIO_FLAG.BIO_TRACE_COMPLETION and bio.bi_bdev is not None:
+        if bio.bi_flags & _TRACE_COMPLETION and bio.bi_bdev is not None:
             hooks = bio.pgdat.hooks
             if hooks.tracepoints:
                 trace_event(hooks, "block_bio_complete", {
@@ -211,7 +213,7 @@ def bio_endio(bio: Bio) -> None:
                     "error": blk_status_to_errno(bio.bi_status),
                     "rwbs": blk_fill_rwbs(bio.bi_opf),
                 })
-            bio.bio_clear_flag(BIO_FLAG.BIO_TRACE_COMPLETION)
+            bio.bi_flags &= ~_TRACE_COMPLETION
         end_io: Callable[[Bio], None] | None = bio.bi_end_io
         if end_io is bio_chain_endio:
             bio = _bio_chain_endio(bio)

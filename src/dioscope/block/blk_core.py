@@ -26,12 +26,14 @@ from typing import TYPE_CHECKING
 
 from ..kernel.task import current
 from ..kernel.trace import blk_fill_rwbs, trace_event
-from .bio_completion import bio_endio, bio_sectors
+from .bio_completion import bio_endio
 from .blk_mq import BlkPlug, blk_mq_flush_plug_list, blk_mq_submit_bio
 from .blk_types import BIO_FLAG, BLK_STS, SECTOR_SHIFT, Bio
 
 if TYPE_CHECKING:
     from .devices import BlockDevice
+
+_TRACE_COMPLETION = int(BIO_FLAG.BIO_TRACE_COMPLETION)
 
 __all__ = [
     "blk_finish_plug",
@@ -42,23 +44,19 @@ __all__ = [
 ]
 
 
-def bio_check_eod(bio: Bio) -> bool:
-    """``bio_check_eod()``: does the bio reach past the end of its device?"""
-    maxsector = bio.bi_bdev.nr_sectors
-    nr = bio_sectors(bio)
-    return bool(nr and (nr > maxsector or bio.bi_iter.bi_sector > maxsector - nr))
-
-
 def submit_bio_noacct(bio: Bio) -> None:
     """``submit_bio_noacct()``: check the bio against its device and queue it.
 
     A bio past the end of the device ends with BLK_STS_IOERR ("attempt to access beyond end
     of device"), untraced.
     """
-    if bio.bi_bdev is None:
+    bdev = bio.bi_bdev
+    if bdev is None:
         bio.pgdat.events.bug("submit_bio_noacct", f"{bio!r} has no block device")
         return
-    if bio_check_eod(bio):
+    nr = bio.bi_iter.bi_size >> SECTOR_SHIFT
+    if nr and (nr > bdev.nr_sectors or bio.bi_iter.bi_sector > bdev.nr_sectors - nr):
+        # bio_check_eod()
         bio.bi_status = BLK_STS.BLK_STS_IOERR
         bio_endio(bio)
         return
@@ -68,7 +66,7 @@ def submit_bio_noacct(bio: Bio) -> None:
 def submit_bio_noacct_nocheck(bio: Bio) -> None:
     """``submit_bio_noacct_nocheck()``: trace ``block_bio_queue`` (once), then submit — or,
     from inside a submission, queue on ``current->bio_list``."""
-    if not bio.bi_flags & BIO_FLAG.BIO_TRACE_COMPLETION:
+    if not bio.bi_flags & _TRACE_COMPLETION:
         hooks = bio.pgdat.hooks
         if hooks.tracepoints:
             trace_event(hooks, "block_bio_queue", {
@@ -76,7 +74,7 @@ def submit_bio_noacct_nocheck(bio: Bio) -> None:
                 "nr_sector": bio.bi_iter.bi_size >> SECTOR_SHIFT,
                 "rwbs": blk_fill_rwbs(bio.bi_opf), "comm": current().comm,
             })
-        bio.bi_flags |= BIO_FLAG.BIO_TRACE_COMPLETION
+        bio.bi_flags |= _TRACE_COMPLETION
     task = current()
     if task.bio_list is not None:
         task.bio_list.append(bio)

@@ -23,16 +23,17 @@ which gives the same cut for bvecs that are multiples of 512 bytes (all 5.9 Dire
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..kernel.trace import blk_fill_rwbs, trace_event
-from ..kernel.types import PAGE_SIZE
+from ..kernel.types import PAGE_SHIFT, PAGE_SIZE
 from .bio_completion import bio_chain, bio_endio, bio_split, errno_to_blk_status
 from .blk_settings import QueueLimits
 from .blk_types import BLK_STS, REQ_FLAG, REQ_OP, SECTOR_SHIFT, Bio
-from .bvec import bvec_iter_phys, bvec_iter_rows
+from .bvec import SMALL, bvec_iter_list, bvec_iter_phys, bvec_iter_rows
 
 if TYPE_CHECKING:
     from .blk_mq import Request
@@ -47,13 +48,18 @@ __all__ = [
     "blk_attempt_bio_merge",
     "blk_rq_get_max_sectors",
     "blk_rq_map_sg",
+    "blk_rq_map_sg_lists",
     "blk_rq_merge_ok",
     "blk_try_merge",
     "get_max_io_size",
 ]
 
 REQ_NOMERGE_FLAGS = int(REQ_FLAG.REQ_NOMERGE | REQ_FLAG.REQ_PREFLUSH | REQ_FLAG.REQ_FUA)
-_SPLIT_OPS = (REQ_OP.REQ_OP_READ, REQ_OP.REQ_OP_WRITE)
+_SPLIT_OPS = (int(REQ_OP.REQ_OP_READ), int(REQ_OP.REQ_OP_WRITE))
+_REQ_ATOMIC, _REQ_NOWAIT = int(REQ_FLAG.REQ_ATOMIC), int(REQ_FLAG.REQ_NOWAIT)
+_REQ_NOMERGE = int(REQ_FLAG.REQ_NOMERGE)
+_OP_FLUSH, _OP_DISCARD = int(REQ_OP.REQ_OP_FLUSH), int(REQ_OP.REQ_OP_DISCARD)
+_OP_ZONE_APPEND = int(REQ_OP.REQ_OP_ZONE_APPEND)
 
 
 class ELEVATOR(enum.IntEnum):
@@ -128,17 +134,26 @@ def _bvec_split_segs(lim: QueueLimits, phys: int, off: int, bv_len: int, nsegs: 
 def _split_slow(lim: QueueLimits, pages: np.ndarray, offs: np.ndarray, lens: np.ndarray,
                 max_bytes: int) -> tuple[bool, int, int]:
     """The kernel's loop over the bvecs, for queues the fast path cannot decide."""
+    return _split_loop(lim, zip(pages.tolist(), offs.tolist(), lens.tolist()), max_bytes)
+
+
+def _split_loop(lim: QueueLimits, bvecs: Iterable[tuple[int, int, int]],
+                max_bytes: int) -> tuple[bool, int, int]:
+    """``bio_split_rw_at()``'s loop over ``(page, offset, len)`` bvecs.
+
+    Return: (must split, segments, bytes) of the part that fits.
+    """
     nsegs = nbytes = 0
     max_segs = lim.max_segments
     prev_end = -1
-    for page, off, bv_len in zip(pages.tolist(), offs.tolist(), lens.tolist()):
+    for page, off, bv_len in bvecs:
         if prev_end >= 0 and lim.virt_boundary_mask and _gap_to_prev(lim, prev_end, off):
             return True, nsegs, nbytes
         if nsegs < max_segs and nbytes + bv_len <= max_bytes and off + bv_len <= PAGE_SIZE:
             nsegs += 1
             nbytes += bv_len
         else:
-            phys = (page << 12) + off
+            phys = (page << PAGE_SHIFT) + off
             cut, nsegs, nbytes = _bvec_split_segs(lim, phys, off, bv_len, nsegs, nbytes,
                                                   max_segs, max_bytes)
             if cut:
@@ -174,18 +189,22 @@ def bio_split_rw_at(bio: Bio, lim: QueueLimits, max_bytes: int) -> tuple[int, in
     size) and its segment count; -EAGAIN sectors for a REQ_NOWAIT bio that would need a
     split, -EINVAL for an atomic one.
     """
-    pages, offs, lens = bvec_iter_rows(bio.bi_io_vec, bio.bi_iter)
-    if not len(lens):
-        return 0, 0
-    res = _split_fast(lim, offs, lens, max_bytes)
-    if res is None:
-        res = _split_slow(lim, pages, offs, lens, max_bytes)
-    cut, nsegs, nbytes = res
+    small = bvec_iter_list(bio.bi_io_vec, bio.bi_iter)
+    if small is not None:
+        if not small:
+            return 0, 0
+        cut, nsegs, nbytes = _split_loop(lim, small, max_bytes)
+    else:
+        pages, offs, lens = bvec_iter_rows(bio.bi_io_vec, bio.bi_iter)
+        res = _split_fast(lim, offs, lens, max_bytes)
+        if res is None:
+            res = _split_slow(lim, pages, offs, lens, max_bytes)
+        cut, nsegs, nbytes = res
     if not cut:
         return 0, nsegs
-    if bio.bi_opf & REQ_FLAG.REQ_ATOMIC:
+    if bio.bi_opf & _REQ_ATOMIC:
         return -22, nsegs
-    if bio.bi_opf & REQ_FLAG.REQ_NOWAIT:
+    if bio.bi_opf & _REQ_NOWAIT:
         return -11, nsegs
     nbytes -= nbytes % lim.logical_block_size
     return nbytes >> SECTOR_SHIFT, nsegs
@@ -209,7 +228,7 @@ def bio_submit_split(bio: Bio, split_sectors: int) -> Bio | None:
         bio.bi_status = BLK_STS.BLK_STS_IOERR
         bio_endio(bio)
         return None
-    split.bi_opf |= REQ_FLAG.REQ_NOMERGE
+    split.bi_opf |= _REQ_NOMERGE
     bio_chain(split, bio)
     hooks = bio.pgdat.hooks
     if hooks.tracepoints:
@@ -247,14 +266,14 @@ def blk_rq_get_max_sectors(rq: Request, offset: int) -> int:
     """``blk_rq_get_max_sectors()``: the most sectors a request starting at ``offset`` may
     grow to (``max_sectors``, cut at the ``chunk_sectors`` boundary)."""
     lim = rq.q.limits
-    if not lim.chunk_sectors or rq.cmd_flags & 0xFF == REQ_OP.REQ_OP_DISCARD:
+    if not lim.chunk_sectors or rq.cmd_flags & 0xFF == _OP_DISCARD:
         return lim.max_sectors
     return min(lim.max_sectors, blk_boundary_sectors_left(offset, lim.chunk_sectors))
 
 
 def _rq_mergeable(rq: Request) -> bool:
     """``rq_mergeable()``: not a flush, not REQ_NOMERGE/PREFLUSH/FUA."""
-    if rq.cmd_flags & 0xFF in (REQ_OP.REQ_OP_FLUSH, REQ_OP.REQ_OP_ZONE_APPEND):
+    if rq.cmd_flags & 0xFF in (_OP_FLUSH, _OP_ZONE_APPEND):
         return False
     return not rq.cmd_flags & REQ_NOMERGE_FLAGS
 
@@ -309,7 +328,7 @@ def bio_will_gap(lim: QueueLimits, prev_rq: Request | None, prev: Bio, nxt: Bio)
 def _req_set_nomerge(rq: Request) -> None:
     """``req_set_nomerge()``: a request that failed a merge on size or segments is not
     tried again."""
-    rq.cmd_flags |= REQ_FLAG.REQ_NOMERGE
+    rq.cmd_flags |= _REQ_NOMERGE
 
 
 def _ll_new_hw_segment(rq: Request, nr_segs: int) -> bool:
@@ -419,6 +438,61 @@ def _split_segments(lim: QueueLimits, phys: np.ndarray, lens: np.ndarray) -> tup
     return np.array(out_p, np.int64), np.array(out_l, np.int64)
 
 
+def _map_sg_small(rq: Request, lim: QueueLimits, limit: int | None) -> tuple[
+        list[int], list[int]] | None:
+    """:func:`blk_rq_map_sg` in plain Python for a request of few bvecs.
+
+    Return: (physical addresses, lengths) as lists, or None when there are too many bvecs.
+    """
+    vecs: list[tuple[int, int, int]] = []
+    bio = rq.bio
+    while bio is not None:
+        part = bvec_iter_list(bio.bi_io_vec, bio.bi_iter)
+        if part is None:
+            return None
+        vecs += part
+        if len(vecs) > 2 * SMALL:
+            return None
+        bio = bio.bi_next
+    mask, max_seg = lim.seg_boundary_mask, lim.max_segment_size
+    left = limit if limit is not None else -1
+    out_p: list[int] = []
+    out_l: list[int] = []
+    end = -1
+    for page, off, n in vecs:
+        if left >= 0:
+            if not left:
+                break
+            n = min(n, left)
+            left -= n
+        p = (page << PAGE_SHIFT) + off
+        while n:
+            if n <= max_seg and (p | mask) == ((p + n - 1) | mask):
+                seg = n  # fits one segment: get_max_segment_size() would say so
+            else:
+                seg = get_max_segment_size(lim, p, n)
+            # biovec_phys_mergeable + the segment size limit of __blk_segment_map_sg_merge
+            if p == end and out_l[-1] + seg <= max_seg and (
+                    (out_p[-1] | mask) == ((p + seg - 1) | mask)):
+                out_l[-1] += seg
+            else:
+                out_p.append(p)
+                out_l.append(seg)
+            p += seg
+            n -= seg
+            end = p
+    return out_p, out_l
+
+
+def blk_rq_map_sg_lists(rq: Request, limit: int | None = None) -> tuple[list[int], list[int]]:
+    """:func:`blk_rq_map_sg` as two Python lists (what a driver loops over anyway)."""
+    small = _map_sg_small(rq, rq.q.limits, limit)
+    if small is not None:
+        return small
+    phys, lens = _map_sg_np(rq, rq.q.limits, limit)
+    return phys.tolist(), lens.tolist()
+
+
 def blk_rq_map_sg(rq: Request, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``blk_rq_map_sg()``: the request's scatter-gather list, as physical addresses and
     lengths.
@@ -430,6 +504,15 @@ def blk_rq_map_sg(rq: Request, limit: int | None = None) -> tuple[np.ndarray, np
     Return: ``(phys, len)`` int64 arrays.
     """
     lim = rq.q.limits
+    small = _map_sg_small(rq, lim, limit)
+    if small is not None:
+        return np.array(small[0], np.int64), np.array(small[1], np.int64)
+    return _map_sg_np(rq, lim, limit)
+
+
+def _map_sg_np(rq: Request, lim: QueueLimits, limit: int | None) -> tuple[np.ndarray,
+                                                                          np.ndarray]:
+    """:func:`blk_rq_map_sg` with array operations, for requests of many bvecs."""
     parts_p: list[np.ndarray] = []
     parts_l: list[np.ndarray] = []
     bio = rq.bio

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ..kernel.task import TaskStruct, current, running
+from ..kernel.task import TaskStruct, current, running, set_current
 from ..kernel.trace import blk_fill_rwbs, trace_event
 from .bio_completion import bio_advance, bio_endio, blk_status_to_errno
 from .blk_merge import __bio_split_to_limits, blk_attempt_bio_merge
@@ -53,6 +53,8 @@ BLK_MAX_REQUEST_COUNT = 32
 """[5.16+] most requests a plug holds before it flushes; 16 before (the same plug rework as
 ``PLUG_MERGE_LAST_RQ``, Linux commit db1a6ab38f10's series)."""
 _FLUSH_FUA = int(REQ_FLAG.REQ_PREFLUSH | REQ_FLAG.REQ_FUA)
+_TRACE_COMPLETION = int(BIO_FLAG.BIO_TRACE_COMPLETION)
+_OK, _IOERR = int(BLK_STS.BLK_STS_OK), int(BLK_STS.BLK_STS_IOERR)
 
 
 class Request:
@@ -75,7 +77,7 @@ class Request:
         """``__data_len``: bytes still to complete."""
         self.nr_phys_segments = nr_segs
         self.ioprio = ioprio
-        self.status: int = BLK_STS.BLK_STS_OK
+        self.status = _OK
         self.state = "idle"
         Request._seq += 1
         self.seq = Request._seq
@@ -145,8 +147,11 @@ class CompletionQueue:
         if not self.pending:
             return False
         rq, done, status = self.pending.popleft()
-        with running(self.task):
+        prev = set_current(self.task)
+        try:
             blk_mq_complete_partial(rq, done, status)
+        finally:
+            set_current(prev)
         self.completed += 1
         return True
 
@@ -165,9 +170,10 @@ class CompletionQueue:
             while self.pending:
                 while self.run_one():
                     n += 1
-                with running(self.worker):
-                    for pgdat in self._pgdats.values():
-                        pgdat.system_wq.flush()
+                for pgdat in self._pgdats.values():
+                    if pgdat.system_wq.pending:
+                        with running(self.worker):
+                            pgdat.system_wq.flush()
         finally:
             self._running = False
         return n
@@ -231,22 +237,24 @@ def blk_mq_submit_bio(bio: Bio) -> None:
     """
     q: BlockDevice = bio.bi_bdev
     if _bio_unaligned(bio, q):
-        bio.bi_status = BLK_STS.BLK_STS_IOERR
+        bio.bi_status = _IOERR
         bio_endio(bio)
         return
     split, nr_segs = __bio_split_to_limits(bio, q.limits)
     if split is None:
         return
     bio = split
-    if not q.nomerges and not bio.bi_opf & _MERGE_BLOCKERS and \
+    task = current()
+    plug = task.plug
+    if plug is not None and not q.nomerges and not bio.bi_opf & _MERGE_BLOCKERS and \
             _attempt_plug_merge(q, bio, nr_segs):
         return
-    _trace_bio("block_getrq", bio)
-    rq = Request(q, bio, nr_segs, current().ioprio)
+    if q.pgdat.hooks.tracepoints:
+        _trace_bio("block_getrq", bio)
+    rq = Request(q, bio, nr_segs, task.ioprio)
     if rq.cmd_flags & _FLUSH_FUA:
         _dispatch([rq])  # blk_insert_flush(): flushes bypass the plug and the scheduler
         return
-    plug = current().plug
     if plug is not None:
         blk_add_rq_to_plug(plug, rq)
         return
@@ -280,8 +288,20 @@ def blk_mq_flush_plug_list(plug: BlkPlug) -> None:
 
 def _dispatch(rqs: list[Request]) -> None:
     """Insert (queues with a scheduler: ``block_rq_insert`` for each) and issue."""
-    for q in {id(rq.q): rq.q for rq in rqs}.values():
-        mine = [rq for rq in rqs if rq.q is q] if len(rqs) > 1 else rqs
+    if len(rqs) == 1:
+        rq = rqs[0]
+        q = rq.q
+        traced = bool(q.pgdat.hooks.tracepoints)
+        rq.state = "issued"
+        if traced:
+            if q.elevator != "none" and not rq.cmd_flags & _FLUSH_FUA:
+                _trace_rq("block_rq_insert", rq)
+            _trace_rq("block_rq_issue", rq)
+        q.queue_rq(rq)
+        return
+    queues = [rqs[0].q] if len(rqs) == 1 else list({id(rq.q): rq.q for rq in rqs}.values())
+    for q in queues:
+        mine = [rq for rq in rqs if rq.q is q] if len(queues) > 1 else rqs
         if q.elevator != "none":
             for rq in mine:
                 if not rq.cmd_flags & _FLUSH_FUA:
@@ -330,7 +350,7 @@ def blk_update_request(rq: Request, error: int, nr_bytes: int) -> bool:
         if bio_bytes == bio.bi_iter.bi_size:
             rq.bio = bio.bi_next
             bio.bi_next = None
-        bio.bi_flags &= ~BIO_FLAG.BIO_TRACE_COMPLETION
+        bio.bi_flags &= ~_TRACE_COMPLETION
         bio_advance(bio, bio_bytes)
         nr_bytes -= bio_bytes
         total += bio_bytes
@@ -362,5 +382,5 @@ def blk_mq_complete_partial(rq: Request, done: int, status: int) -> None:
         blk_mq_end_request(rq, status)
         return
     if done > 0:
-        blk_update_request(rq, BLK_STS.BLK_STS_OK, done)
-    blk_mq_end_request(rq, status or BLK_STS.BLK_STS_IOERR)
+        blk_update_request(rq, _OK, done)
+    blk_mq_end_request(rq, status or _IOERR)

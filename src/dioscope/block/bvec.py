@@ -17,9 +17,33 @@ import numpy as np
 from ..kernel.types import PAGE_SHIFT
 from .blk_types import BvecIter
 
-__all__ = ["bvec_iter_advance", "bvec_iter_phys", "bvec_iter_rows"]
+__all__ = ["SMALL", "bvec_iter_advance", "bvec_iter_list", "bvec_iter_phys", "bvec_iter_rows"]
 
 _LO32 = 0xFFFFFFFF
+SMALL = 16
+"""Up to this many bvec rows, plain Python over ``tolist()`` beats numpy calls."""
+
+
+def bvec_iter_list(bvecs: np.ndarray, it: BvecIter) -> list[tuple[int, int, int]] | None:
+    """:func:`bvec_iter_rows` as a list of ``(bv_page, bv_offset, bv_len)`` when the iterator
+    spans at most SMALL rows (the common case of a bio of merged multi-page bvecs).
+
+    Return: the list, or None if more rows are needed (use :func:`bvec_iter_rows`).
+    """
+    size = it.bi_size
+    out: list[tuple[int, int, int]] = []
+    if size <= 0:
+        return out
+    done = it.bi_bvec_done
+    for page, lo in bvecs[it.bi_idx : it.bi_idx + SMALL].tolist():
+        n = (lo >> 32) - done
+        if n >= size:
+            out.append((page, (lo & _LO32) + done, size))
+            return out
+        out.append((page, (lo & _LO32) + done, n))
+        size -= n
+        done = 0
+    return None
 
 
 def bvec_iter_rows(bvecs: np.ndarray, it: BvecIter) -> tuple[np.ndarray, np.ndarray,
@@ -81,10 +105,24 @@ def bvec_iter_advance(bvecs: np.ndarray, it: BvecIter, nbytes: int) -> bool:
     idx = it.bi_idx
     if not total:
         return True
-    first = int(bvecs[idx, 1]) >> 32
-    if total < first:
-        it.bi_bvec_done = total
-        return True
+    # A few rows: walk them in Python (the loop of the kernel's bvec_iter_advance).
+    for lo in bvecs[idx : idx + SMALL, 1].tolist():
+        n = lo >> 32
+        if total < n:
+            break
+        total -= n
+        idx += 1
+        if not total:
+            break
+    else:
+        if total:
+            return _advance_np(bvecs, it, idx, total)
+    it.bi_idx = idx
+    it.bi_bvec_done = total
+    return True
+
+
+def _advance_np(bvecs: np.ndarray, it: BvecIter, idx: int, total: int) -> bool:
     cs = np.cumsum(bvecs[idx:, 1] >> 32)
     # Whole bvecs consumed: up to the first whose end reaches ``total``; the kernel stops
     # when no bytes are left, so an exact hit consumes that bvec and nothing after it.

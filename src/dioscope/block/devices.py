@@ -32,7 +32,7 @@ import numpy as np
 
 from ..kernel.trace import mkdev
 from ..kernel.types import parse_size
-from .blk_merge import blk_rq_map_sg
+from .blk_merge import blk_rq_map_sg_lists
 from .blk_mq import CompletionQueue, Request
 from .blk_settings import QueueLimits, host_disk
 from .blk_types import BLK_STS, REQ_FLAG, REQ_OP, SECTOR_SHIFT
@@ -52,6 +52,10 @@ __all__ = [
 ]
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+_OP_READ, _OP_WRITE, _OP_FLUSH = (int(REQ_OP.REQ_OP_READ), int(REQ_OP.REQ_OP_WRITE),
+                                  int(REQ_OP.REQ_OP_FLUSH))
+_PREFLUSH, _FUA = int(REQ_FLAG.REQ_PREFLUSH), int(REQ_FLAG.REQ_FUA)
+_OK, _IOERR = int(BLK_STS.BLK_STS_OK), int(BLK_STS.BLK_STS_IOERR)
 
 
 @dataclass
@@ -164,31 +168,31 @@ class BlockDevice:
         the completion context.
         """
         self.nr_issued += 1
-        status, limit = self._fault_for(rq)
+        status, limit = self._fault_for(rq) if self.faults else (_OK, None)
         if status and limit == 0:
             self.cq.post(rq, 0, status)
             return
-        op = rq.op()
-        if op == REQ_OP.REQ_OP_FLUSH or rq.cmd_flags & REQ_FLAG.REQ_PREFLUSH:
+        op = rq.cmd_flags & 0xFF
+        if op == _OP_FLUSH or rq.cmd_flags & _PREFLUSH:
             self._flush()
         done = 0
-        if rq.data_len and op in (REQ_OP.REQ_OP_READ, REQ_OP.REQ_OP_WRITE):
-            write = op == REQ_OP.REQ_OP_WRITE
-            phys, lens = blk_rq_map_sg(rq, limit)
+        if rq.data_len and op in (_OP_READ, _OP_WRITE):
+            write = op == _OP_WRITE
+            phys, lens = blk_rq_map_sg_lists(rq, limit)
             done = self._transfer(write, rq.sector << SECTOR_SHIFT, phys, lens)
             if write:
                 self.bytes_written += done
             else:
                 self.bytes_read += done
             if done < (limit if limit is not None else rq.data_len):
-                status = BLK_STS.BLK_STS_IOERR
+                status = _IOERR
         else:
             done = rq.data_len
-        if rq.cmd_flags & REQ_FLAG.REQ_FUA and not status:
+        if rq.cmd_flags & _FUA and not status:
             self._flush()
         self.cq.post(rq, done, status)
 
-    def _transfer(self, write: bool, offset: int, phys: np.ndarray, lens: np.ndarray) -> int:
+    def _transfer(self, write: bool, offset: int, phys: list[int], lens: list[int]) -> int:
         """Move ``lens[i]`` bytes at physical ``phys[i]`` to (``write``) or from the disk,
         the pieces back to back from byte ``offset``.
 
@@ -231,11 +235,11 @@ class MemDevice(BlockDevice):
         self.disk = memoryview(self._map)
         self.data = np.frombuffer(self._map, np.uint8)
 
-    def _transfer(self, write: bool, offset: int, phys: np.ndarray, lens: np.ndarray) -> int:
+    def _transfer(self, write: bool, offset: int, phys: list[int], lens: list[int]) -> int:
         mem = self.pgdat.mem.view
         disk = self.disk
         pos = offset
-        for p, n in zip(phys.tolist(), lens.tolist()):
+        for p, n in zip(phys, lens):
             if write:
                 disk[pos : pos + n] = mem[p : p + n]
             else:
@@ -302,13 +306,20 @@ class FileDevice(BlockDevice):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _aligned(self, offset: int, phys: np.ndarray, lens: np.ndarray) -> bool:
+    def _aligned(self, offset: int, phys: list[int], lens: list[int]) -> bool:
         m = self.align - 1
-        return not offset & m and not int(np.bitwise_or.reduce(phys | lens)) & m
+        if offset & m:
+            return False
+        if len(phys) > 16:
+            return not int(np.bitwise_or.reduce(np.array(phys) | np.array(lens))) & m
+        acc = 0
+        for p, n in zip(phys, lens):
+            acc |= p | n
+        return not acc & m
 
-    def _transfer(self, write: bool, offset: int, phys: np.ndarray, lens: np.ndarray) -> int:
+    def _transfer(self, write: bool, offset: int, phys: list[int], lens: list[int]) -> int:
         mem = self.pgdat.mem.view
-        bufs = [mem[p : p + n] for p, n in zip(phys.tolist(), lens.tolist())]
+        bufs = [mem[p : p + n] for p, n in zip(phys, lens)]
         fd = self.fd
         if self.direct_fd is not None and self._aligned(offset, phys, lens):
             fd = self.direct_fd
