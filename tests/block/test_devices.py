@@ -4,6 +4,7 @@ reference or pin outstanding."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -250,3 +251,81 @@ def test_no_pin_or_ref_outstanding(profile: str, fault: Any, direction: int) -> 
     assert (p.refcount != rc0).sum() == 0 and (p.pincount != pc0).sum() == 0
     acq, rel = k.vmstat.pins()
     assert acq - acq0 == rel - rel0 == (256 if k.cfg.DIO_FOLL_PIN else 0)
+
+
+# --- the host side of FileDevice ---------------------------------------------------------------
+PATTERN = bytes(range(256)) * 64  # 16 KiB
+
+
+def _file_dev(k: Kernel, tmp_path: Path) -> FileDevice:
+    dev = FileDevice(k.pgdat, tmp_path / "disk", "1M", limits=QueueLimits(**LIMITS))
+    dev.write_disk(0, PATTERN)
+    return dev
+
+
+def test_short_host_transfers_are_continued(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    k = Kernel("64M", "6.18")
+    with _file_dev(k, tmp_path) as dev:
+        real = os.preadv
+        calls: list[int] = []
+
+        def short(fd: int, bufs: list[memoryview], off: int) -> int:
+            calls.append(len(bufs))
+            return real(fd, [bufs[0][: max(512, len(bufs[0]) // 2)]], off)
+
+        monkeypatch.setattr(os, "preadv", short)
+        _bios, got, pfns = _four_bios(k, dev, 0)
+        monkeypatch.undo()
+        assert got == [0] * 4
+        assert b"".join(bytes(k.pgdat.mem.frame(p)) for p in pfns) == PATTERN
+        # Every call moved half of the first buffer (at least 512 bytes): the iovec list
+        # shrinks as buffers are used up, down to the last one.
+        assert len(calls) > 8 and calls[-1] == 1
+        assert all(a >= b for a, b in itertools.pairwise(calls))
+
+
+def test_host_eof_or_error_fails_the_rest(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    k = Kernel("64M", "6.18")
+    with _file_dev(k, tmp_path) as dev:
+        real = os.preadv
+        budget = [6144]
+
+        def stingy(fd: int, bufs: list[memoryview], off: int) -> int:
+            want = min(budget[0], len(bufs[0]))
+            budget[0] -= want
+            return real(fd, [bufs[0][:want]], off) if want else 0  # then "EOF"
+
+        monkeypatch.setattr(os, "preadv", stingy)
+        _bios, got, pfns = _four_bios(k, dev, 0)
+        monkeypatch.undo()
+        assert got == [0, IOERR, IOERR, IOERR]  # 6 KiB moved: the 2nd bio only half
+        assert bytes(k.pgdat.mem.frame(pfns[0])) == PATTERN[:4096]
+        assert bytes(k.pgdat.mem.frame(pfns[1]))[:2048] == PATTERN[4096:6144]
+
+        def broken(fd: int, bufs: list[memoryview], off: int) -> int:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(os, "preadv", broken)
+        assert _four_bios(k, dev, 0)[1] == [IOERR] * 4
+
+
+def test_direct_refused_falls_back_to_buffered(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    k = Kernel("64M", "6.18")
+    with _file_dev(k, tmp_path) as dev:
+        if dev.direct_fd is None:
+            pytest.skip(f"O_DIRECT is not supported on {tmp_path}")
+        real = os.preadv
+
+        def picky(fd: int, bufs: list[memoryview], off: int) -> int:
+            if fd == dev.direct_fd:
+                raise OSError(22, "Invalid argument")
+            return real(fd, bufs, off)
+
+        monkeypatch.setattr(os, "preadv", picky)
+        _bios, got, pfns = _four_bios(k, dev, 0)
+        monkeypatch.undo()
+        assert got == [0] * 4 and dev.direct_requests == 1
+        assert b"".join(bytes(k.pgdat.mem.frame(p)) for p in pfns) == PATTERN

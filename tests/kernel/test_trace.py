@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dioscope.block.blk_core import blk_finish_plug, blk_start_plug, submit_bio
@@ -209,3 +210,23 @@ def test_model_trace_is_deterministic() -> None:
     a, b = _model_groups(), _model_groups()
     assert a == b
     assert [len(g) for g in a] == [5, 20, 12, 5]
+
+
+def test_gup_events_of_our_own() -> None:
+    from dioscope.mm.gup import pin_user_pages_fast, unpin_user_pages
+
+    k = Kernel("64M", "5.9-pin")
+    proc = k.spawn()
+    addr = proc.mmap(8 * 4096)
+    proc.touch(addr, 8 * 4096, write=True)
+    tb = TraceBuffer.for_pgdat(k.pgdat, gup=True)
+    pages = np.empty(8, np.int64)
+    assert pin_user_pages_fast(proc.mm, addr, 2, 1, pages) == 2
+    unpin_user_pages(k.pgdat, pages, 2)
+    p0, p1 = int(pages[0]), int(pages[1])
+    assert [ln.split(": ", 1)[1] for ln in tb.lines()] == [
+        f"gup_pin: nr=2 pfn={p0:#x},{p1:#x} holder=- site=pin_user_pages_fast",
+        f"gup_unpin: nr=2 pfn={p0:#x},{p1:#x} holder=- site=unpin_user_pages",
+    ]
+    tb.detach()
+    assert not k.pgdat.hooks.active and not k.pgdat.hooks.observers

@@ -18,6 +18,7 @@ The ``be,0,4`` I/O priority column exists only with the ``TRACE_RQ_IOPRIO`` swit
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -156,7 +157,7 @@ class TraceBuffer:
     """
 
     def __init__(self, hooks: Hooks, *, with_ioprio: bool = True,
-                 events: set[str] | None = None) -> None:
+                 events: set[str] | None = None, gup: bool = False) -> None:
         self.hooks = hooks
         self.with_ioprio = with_ioprio
         self.events = events
@@ -164,11 +165,18 @@ class TraceBuffer:
         self._count = 0
         self._cb: Callable[[str, dict[str, Any]], None] = self._record
         hooks.tracepoints.append(self._cb)
+        hooks.active = True
+        self._gup: _GupEvents | None = None
+        if gup:
+            self._gup = _GupEvents(self._record)
+            hooks.subscribe(self._gup)
 
     @classmethod
-    def for_pgdat(cls, pgdat: Any, events: set[str] | None = None) -> TraceBuffer:
+    def for_pgdat(cls, pgdat: Any, events: set[str] | None = None,
+                  gup: bool = False) -> TraceBuffer:
         """A buffer on a machine's hooks, formatted as that machine's profile prints."""
-        return cls(pgdat.hooks, with_ioprio=pgdat.cfg.TRACE_RQ_IOPRIO, events=events)
+        return cls(pgdat.hooks, with_ioprio=pgdat.cfg.TRACE_RQ_IOPRIO, events=events,
+                   gup=gup)
 
     def _record(self, name: str, fields: dict[str, Any]) -> None:
         if self.events is not None and name not in self.events:
@@ -182,6 +190,9 @@ class TraceBuffer:
     def detach(self) -> None:
         if self._cb in self.hooks.tracepoints:
             self.hooks.tracepoints.remove(self._cb)
+        if self._gup is not None and self._gup in self.hooks.observers:
+            self.hooks.unsubscribe(self._gup)
+        self.hooks.active = bool(self.hooks.observers) or bool(self.hooks.tracepoints)
 
     def clear(self) -> None:
         self.records.clear()
@@ -200,6 +211,46 @@ class TraceBuffer:
 
     def text(self) -> str:
         return "\n".join(self.lines()) + ("\n" if self.records else "")
+
+
+def _pfns(pfns: Any) -> str:
+    """A page array for a trace line: every pfn up to four, else the run or the ends."""
+    lst = [int(p) for p in pfns]
+    if len(lst) <= 4:
+        return ",".join(f"{p:#x}" for p in lst)
+    if all(b == a + 1 for a, b in itertools.pairwise(lst)):
+        return f"{lst[0]:#x}..{lst[-1]:#x}"
+    return f"{lst[0]:#x},...,{lst[-1]:#x}"
+
+
+def _holder(holder: object) -> str:
+    if holder is None:
+        return "-"
+    seq = getattr(holder, "seq", None)
+    name = type(holder).__name__.lower()
+    return f"{name}#{seq}" if seq is not None else name
+
+
+class _GupEvents:
+    """The model's own events for reference and pin traffic (no kernel tracepoint exists):
+    ``gup_get`` / ``gup_pin`` when taken, ``gup_put`` / ``gup_unpin`` when released, with
+    the page count, the pfns, the holder and the kernel function."""
+
+    def __init__(self, record: Callable[[str, dict[str, Any]], None]) -> None:
+        self.record = record
+
+    def _emit(self, name: str, pfns: Any, holder: object, site: str) -> None:
+        self.record(name, {"nr": len(pfns), "pfn": _pfns(pfns), "holder": _holder(holder),
+                           "site": site})
+
+    def on_acquire(self, kind: str, pfns: Any, holder: object, site: str) -> None:
+        self._emit("gup_pin" if kind == "pin" else "gup_get", pfns, holder, site)
+
+    def on_release(self, kind: str, pfns: Any, holder: object, site: str) -> None:
+        self._emit("gup_unpin" if kind == "pin" else "gup_put", pfns, holder, site)
+
+    def on_free(self, pfns: Any, order: int, site: str) -> None:
+        pass
 
 
 _LINE = re.compile(
