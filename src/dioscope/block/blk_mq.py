@@ -17,6 +17,11 @@ Completion goes through :func:`blk_update_request`, which traces ``block_rq_comp
 ends every bio the completed bytes cover (``bio_endio``); a driver that completes only part
 of a request calls it twice: the good bytes with BLK_STS_OK, the rest with the error.
 
+Tracepoints fired here: ``block_getrq``, ``block_bio_backmerge`` / ``_frontmerge`` (in
+``blk_merge``), ``block_rq_insert``, ``block_rq_issue``, ``block_rq_complete``. Not
+``block_plug`` / ``block_unplug``: the 6.18 host prints neither for Direct I/O, though its
+requests do wait in a plug (``tests/kernel/data/host_block_trace.txt``).
+
 SIMPLIFIED: no scheduler queue to merge into (an inserted request is dispatched at once), no
 tags or hardware contexts, no requeue; flush and FUA requests are issued like others and the
 driver flushes (the kernel runs a flush state machine, ``blk_insert_flush``).
