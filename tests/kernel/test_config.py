@@ -39,6 +39,7 @@ TABLE: dict[str, tuple[bool, bool, bool]] = {
     "DIO_MEM_ALIGN_DMA": (False, False, True),
     "PLUG_MERGE_LAST_RQ": (False, False, True),
     "TRACE_RQ_IOPRIO": (False, False, True),
+    "BIO_SPLIT_DMA_ALIGN_CHECK": (False, False, True),
 }
 NAMES = ("5.9", "5.9-pin", "6.18")
 

@@ -49,6 +49,7 @@ _BLK_ERRORS: dict[int, int] = {
     BLK_STS.BLK_STS_RESOURCE: -errno.ENOMEM,
     BLK_STS.BLK_STS_IOERR: -errno.EIO,
     BLK_STS.BLK_STS_AGAIN: -errno.EAGAIN,
+    BLK_STS.BLK_STS_INVAL: -errno.EINVAL,
 }
 _ERRNO_TO_STS = {v: k for k, v in _BLK_ERRORS.items()}
 _CHAIN = int(BIO_FLAG.BIO_CHAIN)

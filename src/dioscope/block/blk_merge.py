@@ -132,21 +132,27 @@ def _bvec_split_segs(lim: QueueLimits, phys: int, off: int, bv_len: int, nsegs: 
 
 
 def _split_slow(lim: QueueLimits, pages: np.ndarray, offs: np.ndarray, lens: np.ndarray,
-                max_bytes: int) -> tuple[bool, int, int]:
+                max_bytes: int, len_align_mask: int = 0) -> tuple[bool, int, int]:
     """The kernel's loop over the bvecs, for queues the fast path cannot decide."""
-    return _split_loop(lim, zip(pages.tolist(), offs.tolist(), lens.tolist()), max_bytes)
+    return _split_loop(lim, zip(pages.tolist(), offs.tolist(), lens.tolist(), strict=True),
+                       max_bytes, len_align_mask)
 
 
 def _split_loop(lim: QueueLimits, bvecs: Iterable[tuple[int, int, int]],
-                max_bytes: int) -> tuple[bool, int, int]:
-    """``bio_split_rw_at()``'s loop over ``(page, offset, len)`` bvecs.
+                max_bytes: int, len_align_mask: int = 0) -> tuple[bool, int, int]:
+    """``bio_split_io_at()``'s loop over ``(page, offset, len)`` bvecs: [6.18] each bvec is
+    first checked against ``len_align_mask`` (the queue's dma_alignment), before it can
+    cause a split.
 
-    Return: (must split, segments, bytes) of the part that fits.
+    Return: (must split, segments, bytes) of the part that fits; nsegs -1 for a misaligned
+    bvec (the caller fails the bio with -EINVAL).
     """
     nsegs = nbytes = 0
     max_segs = lim.max_segments
     prev_end = -1
     for page, off, bv_len in bvecs:
+        if (off | bv_len) & len_align_mask:
+            return True, -1, 0
         if prev_end >= 0 and lim.virt_boundary_mask and _gap_to_prev(lim, prev_end, off):
             return True, nsegs, nbytes
         if nsegs < max_segs and nbytes + bv_len <= max_bytes and off + bv_len <= PAGE_SIZE:
@@ -163,20 +169,29 @@ def _split_loop(lim: QueueLimits, bvecs: Iterable[tuple[int, int, int]],
 
 
 def _split_fast(lim: QueueLimits, offs: np.ndarray, lens: np.ndarray,
-                max_bytes: int) -> tuple[bool, int, int] | None:
+                max_bytes: int, len_align_mask: int = 0) -> tuple[bool, int, int] | None:
     """The loop's result in a few array operations when every bvec lies within one page and
     the queue has no virt boundary (then each bvec is exactly one segment). None: use the
-    loop."""
+    loop. A misaligned bvec at or before the split point gives nsegs -1."""
     if lim.virt_boundary_mask or int((offs + lens).max()) > PAGE_SIZE:
         return None
     n = len(lens)
     cs = np.cumsum(lens)
     max_segs = lim.max_segments
+    bad = n
+    if len_align_mask:
+        mis = np.flatnonzero((offs | lens) & len_align_mask)
+        if len(mis):
+            bad = int(mis[0])
     if n <= max_segs and int(cs[-1]) <= max_bytes:
-        return False, n, int(cs[-1])
+        return (True, -1, 0) if bad < n else (False, n, int(cs[-1]))
     i_bytes = int(np.searchsorted(cs, max_bytes, "right"))  # first bvec past max_bytes
-    if max_segs <= i_bytes:  # the segment count runs out first
+    if max_segs <= i_bytes:  # the segment count runs out first (bvec max_segs is examined)
+        if bad <= max_segs:
+            return True, -1, 0
         return True, max_segs, int(cs[max_segs - 1])
+    if bad <= i_bytes:
+        return True, -1, 0
     before = int(cs[i_bytes - 1]) if i_bytes else 0
     return True, i_bytes + (1 if max_bytes > before else 0), max_bytes
 
@@ -189,17 +204,20 @@ def bio_split_rw_at(bio: Bio, lim: QueueLimits, max_bytes: int) -> tuple[int, in
     size) and its segment count; -EAGAIN sectors for a REQ_NOWAIT bio that would need a
     split, -EINVAL for an atomic one.
     """
+    mask = lim.dma_alignment if bio.pgdat.cfg.BIO_SPLIT_DMA_ALIGN_CHECK else 0
     small = bvec_iter_list(bio.bi_io_vec, bio.bi_iter)
     if small is not None:
         if not small:
             return 0, 0
-        cut, nsegs, nbytes = _split_loop(lim, small, max_bytes)
+        cut, nsegs, nbytes = _split_loop(lim, small, max_bytes, mask)
     else:
         pages, offs, lens = bvec_iter_rows(bio.bi_io_vec, bio.bi_iter)
-        res = _split_fast(lim, offs, lens, max_bytes)
+        res = _split_fast(lim, offs, lens, max_bytes, mask)
         if res is None:
-            res = _split_slow(lim, pages, offs, lens, max_bytes)
+            res = _split_slow(lim, pages, offs, lens, max_bytes, mask)
         cut, nsegs, nbytes = res
+    if nsegs < 0:
+        return -22, 0  # -EINVAL: a bvec not aligned to dma_alignment
     if not cut:
         return 0, nsegs
     if bio.bi_opf & _REQ_ATOMIC:
@@ -245,6 +263,20 @@ def bio_submit_split(bio: Bio, split_sectors: int) -> Bio | None:
     return split
 
 
+def bio_may_need_split(bio: Bio, lim: QueueLimits) -> bool:
+    """``bio_may_need_split()`` [6.x]: False for a bio of one bvec that fits
+    ``max_fast_segment_size`` = min(PAGE_SIZE, max_segment_size, seg_boundary + 1), which
+    goes to the driver as one segment with no further checks."""
+    if lim.chunk_sectors:
+        return True
+    it = bio.bi_iter
+    if bio.bi_vcnt != 1 or it.bi_idx != 0:
+        return True
+    lo = int(bio.bi_io_vec[0, 1])
+    fast = min(PAGE_SIZE, lim.max_segment_size, lim.seg_boundary_mask + 1)
+    return (lo & 0xFFFFFFFF) + (lo >> 32) > fast
+
+
 def __bio_split_to_limits(bio: Bio, lim: QueueLimits) -> tuple[Bio | None, int]:
     """``__bio_split_to_limits()`` [6.x] / ``__blk_queue_split()`` [5.9]: split ``bio`` so
     its first piece fits the queue; the rest is resubmitted.
@@ -255,6 +287,8 @@ def __bio_split_to_limits(bio: Bio, lim: QueueLimits) -> tuple[Bio | None, int]:
     """
     if bio.bi_opf & 0xFF not in _SPLIT_OPS:
         return bio, (1 if bio.bi_iter.bi_size else 0)
+    if bio.pgdat.cfg.BIO_SPLIT_DMA_ALIGN_CHECK and not bio_may_need_split(bio, lim):
+        return bio, 1
     sectors, nsegs = bio_split_rw_at(bio, lim, get_max_io_size(bio, lim) << SECTOR_SHIFT)
     if sectors == 0 and nsegs == 0:
         return bio, 0

@@ -113,6 +113,7 @@ class BLK_STS(enum.IntEnum):
     BLK_STS_RESOURCE = 9
     BLK_STS_IOERR = 10
     BLK_STS_AGAIN = 12
+    BLK_STS_INVAL = 19
 
 
 class BvecIter:

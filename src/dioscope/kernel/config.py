@@ -132,6 +132,14 @@ class Profile:
     False: every plugged request of the queue, newest first. Linux commit db1a6ab38f10
     ("block: remove plug based merging") (v5.16)."""
 
+    BIO_SPLIT_DMA_ALIGN_CHECK: bool = False
+    """When a read/write bio is split for the queue limits, every (multi-page) bvec's offset
+    and length must be multiples of ``dma_alignment + 1``, else the bio ends with
+    BLK_STS_INVAL inside ``submit_bio`` — after its pages were pinned. A bio of one bvec that
+    fits ``max_fast_segment_size`` skips the walk (``bio_may_need_split``). Linux commit
+    fec2e705729d ("block: check for valid bio while splitting") (v6.18); measured on the
+    host: docs/research-6.18-bio.md §3.5."""
+
     TRACE_RQ_IOPRIO: bool = False
     """``block_rq_insert`` / ``_issue`` / ``_complete`` print the request's I/O priority
     (``be,0,4``) after ``sector + nr_sectors``. Linux commit aa6ff4eb7c10 ("block: Add
@@ -181,6 +189,7 @@ PROFILE_6_18 = Profile(
     THP_ON_HUGE_ZERO_WP=True,
     PLUG_MERGE_LAST_RQ=True,
     TRACE_RQ_IOPRIO=True,
+    BIO_SPLIT_DMA_ALIGN_CHECK=True,
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (PROFILE_5_9, PROFILE_5_9_PIN, PROFILE_6_18)}
