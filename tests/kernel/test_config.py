@@ -40,6 +40,8 @@ TABLE: dict[str, tuple[bool, bool, bool]] = {
     "PLUG_MERGE_LAST_RQ": (False, False, True),
     "TRACE_RQ_IOPRIO": (False, False, True),
     "BIO_SPLIT_DMA_ALIGN_CHECK": (False, False, True),
+    "STATX_DIOALIGN": (False, False, True),
+    "EXT4_DIO_UNALIGNED_OVERWRITE_SHARED": (False, False, True),
 }
 NAMES = ("5.9", "5.9-pin", "6.18")
 

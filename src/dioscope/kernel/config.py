@@ -126,6 +126,20 @@ class Profile:
     (``bdev_iter_is_aligned``). Linux commit b1a000d3b8ec ("block: relax direct io memory
     alignment") (v6.0)."""
 
+    # --- filesystem ---------------------------------------------------------------------------
+    STATX_DIOALIGN: bool = False
+    """``statx()`` answers STATX_DIOALIGN (``stx_dio_mem_align``, ``stx_dio_offset_align``)
+    for regular files of filesystems that support it (ext4: dma_alignment + 1 and the logical
+    block size). Linux commits 825cf206ed51 ("statx: add direct I/O alignment information")
+    and 8434ef1d8aaf ("ext4: support STATX_DIOALIGN") (v6.1)."""
+
+    EXT4_DIO_UNALIGNED_OVERWRITE_SHARED: bool = False
+    """An O_DIRECT write that is not fs-block aligned but only overwrites written blocks
+    inside i_size runs under the shared inode lock, so RWF_NOWAIT does not refuse it with
+    -EAGAIN (unaligned writes into unwritten blocks, holes or past EOF still do). False: any
+    unaligned O_DIRECT write takes the exclusive lock and RWF_NOWAIT gives -EAGAIN. Linux
+    commit 310ee0902b8d ("ext4: allow concurrent unaligned dio overwrites") (v6.5)."""
+
     # --- block layer -------------------------------------------------------------------------
     PLUG_MERGE_LAST_RQ: bool = False
     """A bio tries to merge only into the request most recently added to the task's plug.
@@ -190,6 +204,8 @@ PROFILE_6_18 = Profile(
     PLUG_MERGE_LAST_RQ=True,
     TRACE_RQ_IOPRIO=True,
     BIO_SPLIT_DMA_ALIGN_CHECK=True,
+    STATX_DIOALIGN=True,
+    EXT4_DIO_UNALIGNED_OVERWRITE_SHARED=True,
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (PROFILE_5_9, PROFILE_5_9_PIN, PROFILE_6_18)}
