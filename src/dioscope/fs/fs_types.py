@@ -9,6 +9,7 @@ These are the contracts between the filesystem (``fs/modelfs``), the page cache
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from ..mm.page_alloc import PgData
 
 __all__ = [
+    "DIO_ENGINES",
+    "FALLOC",
     "FMODE",
     "IOCB",
     "IOMAP_FLAGS",
@@ -26,6 +29,7 @@ __all__ = [
     "IOMAP_TYPE",
     "OFLAG",
     "RWF",
+    "STATX",
     "S_IFBLK",
     "S_IFDIR",
     "S_IFREG",
@@ -36,6 +40,7 @@ __all__ = [
     "IoMap",
     "Kiocb",
     "SuperBlock",
+    "register_dio_engine",
 ]
 
 S_IFREG = 0o100000
@@ -134,6 +139,39 @@ class IOMAP_OP(enum.IntFlag):
     IOMAP_OVERWRITE_ONLY = 1 << 6
 
 
+class FALLOC(enum.IntFlag):
+    """``fallocate(2)`` modes (``include/uapi/linux/falloc.h``)."""
+
+    FALLOC_FL_KEEP_SIZE = 0x01
+    FALLOC_FL_PUNCH_HOLE = 0x02
+    FALLOC_FL_NO_HIDE_STALE = 0x04
+    FALLOC_FL_COLLAPSE_RANGE = 0x08
+    FALLOC_FL_ZERO_RANGE = 0x10
+    FALLOC_FL_INSERT_RANGE = 0x20
+    FALLOC_FL_UNSHARE_RANGE = 0x40
+    FALLOC_FL_WRITE_ZEROES = 0x80  # [6.17+]
+
+
+class STATX(enum.IntFlag):
+    """``statx(2)`` mask bits (``include/uapi/linux/stat.h``)."""
+
+    STATX_TYPE = 0x1
+    STATX_MODE = 0x2
+    STATX_NLINK = 0x4
+    STATX_UID = 0x8
+    STATX_GID = 0x10
+    STATX_ATIME = 0x20
+    STATX_MTIME = 0x40
+    STATX_CTIME = 0x80
+    STATX_INO = 0x100
+    STATX_SIZE = 0x200
+    STATX_BLOCKS = 0x400
+    STATX_BASIC_STATS = 0x7FF
+    STATX_BTIME = 0x800
+    STATX_MNT_ID = 0x1000  # [5.8+]
+    STATX_DIOALIGN = 0x2000  # [6.1+]
+
+
 IOMAP_NULL_ADDR = -1
 
 
@@ -175,6 +213,46 @@ class SuperBlock:
         self.dio_engine = dio_engine
         """``"iomap"`` (ext4/xfs style, default) or ``"legacy"`` (``fs/direct-io.c``)."""
         self.fs: Any = None
+        self.s_maxbytes = (1 << 63) - 1
+        """Largest file size (``MAX_LFS_FILESIZE`` unless the filesystem says less)."""
+        self.dio_ops: dict[str, Callable[..., int]] = {}
+        """Direct I/O engines for this mount, by name; a name missing here is looked up in
+        :data:`DIO_ENGINES` (see :func:`register_dio_engine`)."""
+
+    def dio_engine_fn(self, name: str) -> Callable[..., int]:
+        """The Direct I/O engine ``name`` for this mount.
+
+        Raises RuntimeError when no engine of that name was registered: that is a model
+        set-up error (the engine module was not imported), never a user error.
+        """
+        fn = self.dio_ops.get(name) or DIO_ENGINES.get(name)
+        if fn is None:
+            raise RuntimeError(
+                f"no {name!r} Direct I/O engine is registered: import the engine module "
+                f"(it calls fs_types.register_dio_engine) or pass dio_ops= at mount")
+        return fn
+
+
+DIO_ENGINES: dict[str, Callable[..., int]] = {}
+"""The model's Direct I/O engines, registered by the engine modules at import.
+
+The seam between a filesystem and the engines (``fs/modelfs`` calls them):
+
+* ``"iomap"``: ``iomap_dio_rw(iocb, iter, ops, dio_flags) -> int`` (``fs/iomap/direct-io.c``):
+  ``ops`` has ``iomap_begin(inode, pos, length, flags) -> (errno, IoMap)``,
+  ``iomap_end(inode, pos, length, written, flags, iomap) -> errno`` and
+  ``end_io(iocb, size, error, dio_flags) -> errno``; the engine advances ``ki_pos``.
+* ``"legacy"``: ``blockdev_direct_IO(iocb, inode, iter, get_block) -> int``
+  (``fs/direct-io.c``, DIO_LOCKING | DIO_SKIP_HOLES): ``get_block(inode, iblock, bh, create)
+  -> errno``; the engine does not move ``ki_pos`` (``generic_file_read_iter`` and
+  ``generic_file_direct_write`` do).
+"""
+
+
+def register_dio_engine(name: str, fn: Callable[..., int]) -> None:
+    """Make ``fn`` the Direct I/O engine ``name`` (``"iomap"`` or ``"legacy"``) of every
+    mount that does not name its own in ``SuperBlock.dio_ops``."""
+    DIO_ENGINES[name] = fn
 
 
 class Inode:
@@ -223,6 +301,8 @@ class File:
     f_pos: int = 0
     f_mapping: Any = None
     private: dict[str, Any] = field(default_factory=dict)
+    f_wb_err: int = 0
+    """``file->f_wb_err``: the writeback error sequence this file has seen (``errseq_t``)."""
 
 
 @dataclass
