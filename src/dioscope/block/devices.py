@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+_OP_DRV_IN, _OP_DRV_OUT = int(REQ_OP.REQ_OP_DRV_IN), int(REQ_OP.REQ_OP_DRV_OUT)
 _OP_READ, _OP_WRITE, _OP_FLUSH = (int(REQ_OP.REQ_OP_READ), int(REQ_OP.REQ_OP_WRITE),
                                   int(REQ_OP.REQ_OP_FLUSH))
 _PREFLUSH, _FUA = int(REQ_FLAG.REQ_PREFLUSH), int(REQ_FLAG.REQ_FUA)
@@ -176,8 +177,9 @@ class BlockDevice:
         if op == _OP_FLUSH or rq.cmd_flags & _PREFLUSH:
             self._flush()
         done = 0
-        if rq.data_len and op in (_OP_READ, _OP_WRITE):
-            write = op == _OP_WRITE
+        if rq.data_len and op in (_OP_READ, _OP_WRITE, _OP_DRV_IN, _OP_DRV_OUT):
+            # Passthrough: DRV_IN reads and DRV_OUT writes at rq.sector (block/blk_map.py).
+            write = op in (_OP_WRITE, _OP_DRV_OUT)
             phys, lens = blk_rq_map_sg_lists(rq, limit)
             done = self._transfer(write, rq.sector << SECTOR_SHIFT, phys, lens)
             if write:
