@@ -27,7 +27,7 @@ import numpy as np
 from ..kernel.types import HPAGE_PMD_NR
 from .gup_core import folio_maybe_dma_pinned, maybe_dma_pinned_mask
 from .memory import PTE_PROTNONE, _new_anon, split_huge_pmd
-from .mm_types import VM, MmStruct, VmArea
+from .mm_types import VM, MmStruct, VmArea, vma_link_file
 from .page import PG
 from .page_alloc import PgData, alloc_pages
 from .page_ref import page_ref_add
@@ -141,6 +141,7 @@ def dup_mmap(oldmm: MmStruct) -> MmStruct:
         dst.anon_id = src.anon_id
         if src.vm_file is not None:
             src.vm_file.get()
+            vma_link_file(dst)
         if src.vm_flags & VM.VM_SHARED:
             _copy_shared(src, dst)
         else:

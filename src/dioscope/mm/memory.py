@@ -9,6 +9,14 @@
   falls back to PTEs (``__split_huge_pmd``) and COWs one base page, as
   ``do_huge_pmd_wp_page`` does since v5.8 (``_wp_can_reuse_pmd``).
 * Shared anonymous memory: pages come from the shmem file; mapped writable if VM_WRITE.
+* File mappings (a ``vm_file`` with ``fault``/``page_mkwrite``, ``mm.filemap.MappedFile``):
+  ``do_fault``. A read fault maps the page-cache page read-only (``do_read_fault``; shared
+  writable mappings too, ``vma_wants_writenotify``); a write fault on a shared mapping calls
+  ``page_mkwrite`` (block allocation, PG_dirty) and maps the page writable and dirty
+  (``do_shared_fault``), as does a later write to the read-only PTE (``wp_page_shared``); a
+  write fault on a private mapping copies the page-cache page into a new anonymous page
+  (``do_cow_fault``), as does a write to a read-only page-cache PTE there (``wp_page_copy``:
+  a page-cache page is never reused, only anonymous pages are).
 
 Reuse rule for a write fault on an anonymous page (``do_wp_page``):
 
@@ -313,11 +321,18 @@ def _do_wp_page(vma: VmArea, slot: int, unshare: bool) -> int:
     if vma.vm_flags & VM.VM_SHARED:
         if unshare:
             return 0
-        # wp_page_shared(): no COW in shared maps; fault_dirty_shared_page() dirties the page.
+        # wp_page_shared(): no COW in shared maps; do_page_mkwrite() lets the filesystem
+        # allocate; fault_dirty_shared_page() dirties the page.
+        mkwrite = getattr(vma.vm_file, "page_mkwrite", None)
+        if mkwrite is not None:
+            ret = int(mkwrite(pfn))
+            if ret:
+                return ret
         vma.pt_flags[slot] |= PTE_RW | PTE_DIRTY
         p.flags[p.head[pfn]] |= np.uint32(PG.PG_dirty)
         return 0
-    if pfn == ZERO_PFN:
+    if pfn == ZERO_PFN or not int(p.flags[pfn]) & PG.PG_anon:
+        # The zero page, or a page-cache page of a private file mapping: always copied.
         return _wp_page_copy(vma, slot, writable=not unshare)
     if _wp_can_reuse(pgdat, pfn):
         p.flags[pfn] |= np.uint32(PG.PG_anon_exclusive)
@@ -355,6 +370,45 @@ def _do_shared_fault(vma: VmArea, slot: int, write: bool) -> int:
     return 0
 
 
+def _do_fault(vma: VmArea, slot: int, write: bool) -> int:
+    """``do_fault()`` for a file mapping whose ``vm_file`` has ``fault`` (the page cache):
+    ``do_read_fault`` / ``do_cow_fault`` / ``do_shared_fault``.
+
+    Return: 0, or the VM_FAULT bits of ``fault`` / ``page_mkwrite`` (SIGBUS past EOF or on
+    ENOSPC, OOM).
+    """
+    pgdat = vma.vm_mm.pgdat
+    f = vma.vm_file
+    ret, pfn = f.fault(vma.vm_pgoff + slot)
+    if ret:
+        return int(ret)
+    p = pgdat.pages
+    if write and not vma.vm_flags & VM.VM_SHARED:
+        # do_cow_fault(): a private anonymous copy of the page-cache page.
+        new = alloc_pages(pgdat, 0)
+        if new < 0:
+            return VM_FAULT.VM_FAULT_OOM
+        pgdat.mem.copy_page(new, pfn)
+        _new_anon(pgdat, vma, np.array([new]), np.array([slot]))
+        vma.pt_pfn[slot] = new
+        vma.pt_flags[slot] = PTE_PRESENT | PTE_FASTPIN | PTE_ACCESSED | _mkwrite(vma) | PTE_DIRTY
+        return 0
+    if write:
+        ret = int(f.page_mkwrite(pfn))  # do_shared_fault(): do_page_mkwrite()
+        if ret:
+            return ret
+    page_ref_add(pgdat, pfn, 1)
+    p.mapcount[pfn] += 1
+    vma.pt_pfn[slot] = pfn
+    fl = PTE_PRESENT | PTE_ACCESSED
+    if write:
+        fl |= _mkwrite(vma) | PTE_DIRTY
+    elif vma.vm_flags & VM.VM_SHARED and vma.vm_flags & VM.VM_WRITE and not f.writenotify:
+        fl |= PTE_RW
+    vma.pt_flags[slot] = fl
+    return 0
+
+
 def handle_mm_fault(vma: VmArea, address: int, flags: int) -> int:
     """``handle_mm_fault()``: resolve one fault at ``address`` in ``vma``.
 
@@ -372,13 +426,19 @@ def handle_mm_fault(vma: VmArea, address: int, flags: int) -> int:
     if fl & PTE_PROTNONE:
         return VM_FAULT.VM_FAULT_SIGSEGV
     if vma.vm_file is not None:
+        page_cache = hasattr(vma.vm_file, "fault")
         if pfn < 0:
+            if page_cache:
+                return _do_fault(vma, slot, write)
             ret = _do_shared_fault(vma, slot, write)
             if ret or not write:
                 return ret
-        elif write and not fl & PTE_RW:
-            return _do_wp_page(vma, slot, unshare=False)
-        return 0
+            return 0
+        if vma.vm_flags & VM.VM_SHARED or not page_cache:
+            if write and not fl & PTE_RW:
+                return _do_wp_page(vma, slot, unshare=False)
+            return 0
+        # A private file mapping with a present PTE: COW as for anonymous memory below.
     if pfn < 0:
         region = _thp_eligible(vma, slot)
         if region is not None and _do_huge_pmd_anonymous_page(vma, region[0], write) == 0:

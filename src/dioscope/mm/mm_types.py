@@ -18,7 +18,7 @@ from ..kernel.types import PAGE_SHIFT
 if TYPE_CHECKING:
     from .page_alloc import PgData
 
-__all__ = ["VM", "MmStruct", "VmArea"]
+__all__ = ["VM", "MmStruct", "VmArea", "unlink_file_vma", "vma_link_file"]
 
 
 class VM(enum.IntFlag):
@@ -159,3 +159,19 @@ class MmStruct:
         self.vmas.sort(key=lambda v: v.vm_start)
         self._starts = [v.vm_start for v in self.vmas]
         self.total_vm = sum(v.nr_pages for v in self.vmas)
+
+
+def vma_link_file(vma: VmArea) -> None:
+    """``vma_link_file()``: enter a new file VMA in its file's ``i_mmap`` (for the page
+    cache's reverse map, :mod:`dioscope.mm.rmap`); nothing for anonymous or shmem VMAs."""
+    link = getattr(vma.vm_file, "i_mmap_insert", None)
+    if link is not None:
+        link(vma)
+
+
+def unlink_file_vma(vma: VmArea) -> None:
+    """``unlink_file_vma()``: the VMA is going away. (The reverse map also drops VMAs that
+    left their mm lazily, so a path that forgets this only costs a lookup later.)"""
+    unlink = getattr(vma.vm_file, "i_mmap_remove", None)
+    if unlink is not None:
+        unlink(vma)

@@ -1,8 +1,10 @@
 """mmap, munmap, mprotect and madvise (``mm/mmap.c``, ``mm/mprotect.c``, ``mm/madvise.c``).
 
 Each function checks its arguments as the syscall does and returns 0 / an address or -errno.
-File mappings arrive with the filesystem: :func:`do_mmap` takes any ``vm_file`` object that
-has ``get()``, ``put()`` and ``get_folio(index)`` (the shmem file is the first such object).
+File mappings: :func:`do_mmap` takes any ``vm_file`` object that has ``get()``, ``put()`` and
+``get_folio(index)`` (the shmem file); a page-cache file (``mm.filemap.MappedFile``) also has
+``fault``, ``page_mkwrite``, ``f_mode`` and ``i_mmap_insert`` (its VMAs enter the file's
+reverse map: ``vma_link_file``).
 
 Addresses are chosen top-down below ``mmap_base`` (``arch_get_unmapped_area_topdown``);
 anonymous mappings whose length is a multiple of 2 MiB are placed 2 MiB-aligned, as Linux
@@ -20,9 +22,9 @@ import numpy as np
 
 from ..kernel.types import HPAGE_PMD_SIZE, PAGE_SIZE, TASK_SIZE
 from .memory import PTE_PROTNONE, populate_range, split_huge_pmd, zap_page_range
-from .mm_types import VM, MmStruct, VmArea
+from .mm_types import VM, MmStruct, VmArea, unlink_file_vma, vma_link_file
 from .page import PG
-from .pgtable import PTE_PMD, PTE_PRESENT, PTE_RW, PTE_SPECIAL
+from .pgtable import PTE_DIRTY, PTE_PMD, PTE_PRESENT, PTE_RW, PTE_SPECIAL
 from .shmem import ShmemFile
 
 __all__ = [
@@ -58,6 +60,9 @@ MAP_POPULATE = getattr(_pymmap, "MAP_POPULATE", 0x8000)
 MADV_DONTNEED = 4
 MADV_HUGEPAGE = 14
 MADV_NOHUGEPAGE = 15
+
+_FMODE_WRITE = 0x2
+"""``FMODE_WRITE`` (``include/linux/fs.h``) of a file mapping's ``f_mode``."""
 
 MMAP_BASE = 0x7F0000000000
 MMAP_MIN_ADDR = 0x10000
@@ -109,6 +114,7 @@ def _split_vma(mm: MmStruct, vma: VmArea, addr: int) -> VmArea:
     new.pt_flags = vma.pt_flags[s:].copy()
     if vma.vm_file is not None:
         vma.vm_file.get()
+        vma_link_file(new)
     vma.pt_pfn = vma.pt_pfn[:s].copy()
     vma.pt_flags = vma.pt_flags[:s].copy()
     vma.vm_end = addr
@@ -132,6 +138,7 @@ def _unmap_vma(mm: MmStruct, vma: VmArea) -> None:
     zap_page_range(vma, 0, vma.nr_pages, "unmap_vmas")
     mm.remove_vma(vma)
     if vma.vm_file is not None:
+        unlink_file_vma(vma)
         vma.vm_file.put()
 
 
@@ -191,12 +198,17 @@ def do_mmap(
         if addr < 0:
             return addr
     vf = _calc_vm_flags(prot, flags)
+    f_mode = getattr(vm_file, "f_mode", None)
+    if f_mode is not None and flags & MAP_SHARED and not f_mode & _FMODE_WRITE:
+        # do_mmap(): a shared mapping of a file not open for writing can never write it.
+        vf &= ~(VM.VM_MAYWRITE | VM.VM_SHARED)
     if vm_file is None and flags & MAP_SHARED:
         vm_file = ShmemFile(mm.pgdat, length)  # shmem_zero_setup()
     if vm_file is not None:
         vm_file.get()
     vma = VmArea(mm, addr, addr + length, vf, vm_file, pgoff)
     mm.insert_vma(vma)
+    vma_link_file(vma)
     if flags & MAP_POPULATE:
         # mm_populate(): write-fault private writable mappings, read-fault the rest.
         write = (vf & (VM.VM_WRITE | VM.VM_SHARED)) == VM.VM_WRITE
@@ -219,9 +231,12 @@ def do_mprotect(mm: MmStruct, start: int, length: int, prot: int) -> int:
         return -errno.ENOMEM
     vmas = _isolate(mm, start, end)
     pos = start
+    want = _calc_vm_flags(prot, 0) & (VM.VM_READ | VM.VM_WRITE | VM.VM_EXEC)
     for vma in vmas:
         if vma.vm_start > pos:
             return -errno.ENOMEM
+        if want & ~(vma.vm_flags >> 4):
+            return -errno.EACCES  # VM_MAY* missing: e.g. PROT_WRITE on a read-only file
         _change_protection(vma, prot)
         pos = vma.vm_end
     if pos < end:
@@ -262,7 +277,13 @@ def _change_protection(vma: VmArea, prot: int) -> None:
     if not prot & PROT_WRITE:
         return
     if vma.vm_flags & VM.VM_SHARED:
-        fl[mapped] |= PTE_RW
+        if getattr(vma.vm_file, "writenotify", False):
+            # A file that wants write notification keeps clean pages read-only: only dirty
+            # PTEs become writable (change_pte_range(): dirty_accountable [5.9],
+            # can_change_pte_writable() [6.x]).
+            fl[mapped & ((fl & PTE_DIRTY) != 0)] |= PTE_RW
+        else:
+            fl[mapped] |= PTE_RW
     elif vma.vm_mm.pgdat.cfg.ANON_EXCLUSIVE:
         cand = np.flatnonzero(mapped & ((fl & PTE_SPECIAL) == 0))
         want = np.uint32(PG.PG_anon | PG.PG_anon_exclusive)
