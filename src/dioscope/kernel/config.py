@@ -133,6 +133,12 @@ class Profile:
     block size). Linux commits 825cf206ed51 ("statx: add direct I/O alignment information")
     and 8434ef1d8aaf ("ext4: support STATX_DIOALIGN") (v6.1)."""
 
+    DIO_NOWAIT_READ_NEEDS_WRITEBACK: bool = False
+    """An IOCB_NOWAIT Direct I/O read gives -EAGAIN only if a cached page of its range is
+    dirty, locked or under writeback (``filemap_range_needs_writeback``); False: if any page
+    of the range is cached (``filemap_range_has_page``). Linux commit 7a60d6d7b34e ("mm: use
+    filemap_range_needs_writeback() for O_DIRECT reads") and its iomap twin (v5.14)."""
+
     EXT4_DIO_UNALIGNED_OVERWRITE_SHARED: bool = False
     """An O_DIRECT write that is not fs-block aligned but only overwrites written blocks
     inside i_size runs under the shared inode lock, so RWF_NOWAIT does not refuse it with
@@ -205,6 +211,7 @@ PROFILE_6_18 = Profile(
     TRACE_RQ_IOPRIO=True,
     BIO_SPLIT_DMA_ALIGN_CHECK=True,
     STATX_DIOALIGN=True,
+    DIO_NOWAIT_READ_NEEDS_WRITEBACK=True,
     EXT4_DIO_UNALIGNED_OVERWRITE_SHARED=True,
 )
 
