@@ -42,7 +42,7 @@ TABLE: dict[str, tuple[bool, bool, bool]] = {
     "BIO_SPLIT_DMA_ALIGN_CHECK": (False, False, True),
     "STATX_DIOALIGN": (False, False, True),
     "DIO_NOWAIT_READ_NEEDS_WRITEBACK": (False, False, True),
-    "EXT4_DIO_UNALIGNED_OVERWRITE_SHARED": (False, False, True),
+    "EXT4_DIO_SHARED_OVERWRITE": (False, False, True),
 }
 NAMES = ("5.9", "5.9-pin", "6.18")
 

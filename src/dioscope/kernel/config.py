@@ -139,12 +139,14 @@ class Profile:
     of the range is cached (``filemap_range_has_page``). Linux commit 7a60d6d7b34e ("mm: use
     filemap_range_needs_writeback() for O_DIRECT reads") and its iomap twin (v5.14)."""
 
-    EXT4_DIO_UNALIGNED_OVERWRITE_SHARED: bool = False
-    """An O_DIRECT write that is not fs-block aligned but only overwrites written blocks
-    inside i_size runs under the shared inode lock, so RWF_NOWAIT does not refuse it with
-    -EAGAIN (unaligned writes into unwritten blocks, holes or past EOF still do). False: any
-    unaligned O_DIRECT write takes the exclusive lock and RWF_NOWAIT gives -EAGAIN. Linux
-    commit 310ee0902b8d ("ext4: allow concurrent unaligned dio overwrites") (v6.5)."""
+    EXT4_DIO_SHARED_OVERWRITE: bool = False
+    """An O_DIRECT write that only overwrites allocated blocks inside i_size runs under the
+    shared inode lock, so RWF_NOWAIT does not refuse it with -EAGAIN, even over unwritten
+    (preallocated) blocks, Linux commit 240930fb7e6b ("ext4: dio take shared inode lock when
+    overwriting preallocated blocks") (v6.3), and when not fs-block aligned over written
+    blocks, Linux commit 310ee0902b8d ("ext4: allow concurrent unaligned dio overwrites")
+    (v6.5). False: only fs-block-aligned overwrites of written blocks do; RWF_NOWAIT gives
+    -EAGAIN for any other write."""
 
     # --- block layer -------------------------------------------------------------------------
     PLUG_MERGE_LAST_RQ: bool = False
@@ -212,7 +214,7 @@ PROFILE_6_18 = Profile(
     BIO_SPLIT_DMA_ALIGN_CHECK=True,
     STATX_DIOALIGN=True,
     DIO_NOWAIT_READ_NEEDS_WRITEBACK=True,
-    EXT4_DIO_UNALIGNED_OVERWRITE_SHARED=True,
+    EXT4_DIO_SHARED_OVERWRITE=True,
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (PROFILE_5_9, PROFILE_5_9_PIN, PROFILE_6_18)}
