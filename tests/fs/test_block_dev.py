@@ -265,3 +265,22 @@ def test_async_kiocb(profile: str) -> None:
     assert got == [MiB] and iocb.ki_pos == MiB
     assert rig.p.read_user(addr, MiB) == rig.disk(0, MiB)
     assert rig.done() == pins(profile, 256)
+
+
+def test_open_the_device_through_the_syscall_layer(profile: str) -> None:
+    """``/dev/vda`` opened with O_DIRECT through the Process API reaches this path."""
+    import os
+
+    from dioscope.fs.block_dev_file import bdev_inode, blkdev_install
+
+    rig = Rig(profile)
+    rig.k.add_disk(rig.dev)
+    blkdev_install(rig.k.vfs)
+    fd = rig.p.open("/dev/vda", os.O_RDWR | os.O_DIRECT)
+    addr = rig.buf(MiB)
+    rig.start()
+    assert rig.p.pread(fd, addr, MiB, 2 * MiB) == MiB
+    assert rig.p.read_user(addr, MiB) == rig.disk(2 * MiB, MiB)
+    assert rig.done() == pins(profile, 256)
+    f = rig.p.files.get(fd)
+    assert f is not None and f.f_inode is bdev_inode(rig.dev)

@@ -21,7 +21,8 @@ device again.
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING
+import weakref
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,7 +47,13 @@ from .fs_types import FMODE, IOCB, O_ACCMODE, OFLAG, S_IFBLK, File, Inode, Kiocb
 if TYPE_CHECKING:
     from ..block.devices import BlockDevice
 
-__all__ = ["BlockDeviceFile", "blkdev_inode", "blkdev_open"]
+__all__ = [
+    "BlockDeviceFile",
+    "bdev_inode",
+    "blkdev_inode",
+    "blkdev_install",
+    "blkdev_open",
+]
 
 _CHUNK_PAGES = 64
 """Pages per bounce bio (256 KiB)."""
@@ -303,9 +310,20 @@ def blkdev_inode(bdev: BlockDevice, ino: int = 1) -> Inode:
     return inode
 
 
+_BD_INODES: weakref.WeakKeyDictionary[BlockDevice, Inode] = weakref.WeakKeyDictionary()
+
+
+def bdev_inode(bdev: BlockDevice) -> Inode:
+    """``bdev->bd_inode``: one inode per device, shared by every open of it."""
+    inode = _BD_INODES.get(bdev)
+    if inode is None:
+        inode = _BD_INODES[bdev] = blkdev_inode(bdev)
+    return inode
+
+
 def blkdev_open(bdev: BlockDevice, flags: int, inode: Inode | None = None) -> File:
-    """``blkdev_open()``: a File on the device itself (O_DIRECT allowed; O_LARGEFILE forced).
-    Return: the File (``f_op`` = :class:`BlockDeviceFile`)."""
+    """``blkdev_open()``: a File on the device itself (O_DIRECT allowed; O_LARGEFILE forced;
+    positional I/O allowed). Return: the File (``f_op`` = :class:`BlockDeviceFile`)."""
     acc = flags & O_ACCMODE
     mode = 0
     if acc in (OFLAG.O_RDONLY, OFLAG.O_RDWR):
@@ -313,5 +331,11 @@ def blkdev_open(bdev: BlockDevice, flags: int, inode: Inode | None = None) -> Fi
     if acc in (OFLAG.O_WRONLY, OFLAG.O_RDWR):
         mode |= FMODE.FMODE_WRITE
     mode |= FMODE.FMODE_CAN_ODIRECT | FMODE.FMODE_LSEEK | FMODE.FMODE_PREAD | FMODE.FMODE_PWRITE
-    inode = inode if inode is not None else blkdev_inode(bdev)
+    inode = inode if inode is not None else bdev_inode(bdev)
     return File(inode, flags | OFLAG.O_LARGEFILE, mode, BLKDEV_FOPS)
+
+
+def blkdev_install(vfs: Any) -> None:
+    """Let ``vfs`` (``fs.vfs.Vfs``) open device nodes ``/dev/NAME`` with
+    :func:`blkdev_open` (``def_blk_fops`` behind ``init_special_inode``)."""
+    vfs.dev_open = blkdev_open
