@@ -1,0 +1,1 @@
+"""iomap: extent-mapping based I/O (``fs/iomap/``)."""
