@@ -8,7 +8,9 @@ File → pipe:
   ``pin_page`` [5.9-pin], counted, released at bio completion) while the pipe keeps its own
   reference (spec §11 item 38).
 * [6.18] ITER_PIPE is gone (Linux commit 3fc40265ae2b ("iov_iter: Kill ITER_PIPE") (v6.5)).
-  An O_DIRECT (or DAX) file goes through ``copy_splice_read``: pages allocated for the call,
+  An O_DIRECT (or DAX) file goes through ``copy_splice_read`` (Linux commit aa3dbde87896
+  ("splice: Make splice from an O_DIRECT fd use copy_splice_read()") (v6.5)): pages allocated
+  for the call,
   read with an ITER_BVEC iterator (Direct I/O borrows the bvecs: no pin, no reference), then
   handed to the pipe. Measured on the 6.18.44 host: 1 MiB spliced from an O_DIRECT ext4 file
   moves 1 MiB with nr_foll_pin_acquired/released deltas [0, 0] (an O_DIRECT preadv of the same
