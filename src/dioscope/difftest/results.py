@@ -136,13 +136,24 @@ def _fmt_tail(t: tuple[str, ...] | None) -> str:
     return " and ".join(t)
 
 
+def _same_errno(a: str | None, b: str | None) -> bool:
+    """Errno names compared by number, so aliases (ENOTSUP/EOPNOTSUPP, EAGAIN/EWOULDBLOCK)
+    match."""
+    import errno as _errno
+
+    if a is None or b is None:
+        return a == b
+    na, nb = getattr(_errno, a, None), getattr(_errno, b, None)
+    return a == b if na is None or nb is None else na == nb
+
+
 def check_step(step: Step, exp: Expect, res: StepResult) -> list[str]:
     """Return one sentence per expectation of ``exp`` that ``res`` does not meet."""
     out: list[str] = []
     lab = step.label
     if exp.ret is not None and (res.errno is not None or res.ret != exp.ret):
         out.append(f"{lab}: expected ret {exp.ret}, got {res.outcome}")
-    if exp.errno is not None and res.errno != exp.errno:
+    if exp.errno is not None and not _same_errno(res.errno, exp.errno):
         out.append(f"{lab}: expected errno {exp.errno}, got {res.outcome}")
     if exp.pins is not None and res.pins != exp.pins:
         s = f"{lab}: expected pins {_fmt_pins(exp.pins)}, got {_fmt_pins(res.pins)}"

@@ -97,8 +97,12 @@ def iocb_flags(f: File) -> int:
 def kiocb_set_rw_flags(ki: Kiocb, flags: int, rw_type: int, v6: bool) -> int:
     """``kiocb_set_rw_flags()``: RWF_* of preadv2/pwritev2 into kiocb flags.
 
-    Unknown flags → -EOPNOTSUPP; RWF_NOWAIT on a file without FMODE_NOWAIT → -EOPNOTSUPP
-    (the model's files all support it). Return: 0 or -errno.
+    Unknown flags → -EOPNOTSUPP ([5.9] knows HIPRI, DSYNC, SYNC, NOWAIT, APPEND; [6.18] also
+    NOAPPEND, ATOMIC, DONTCACHE). [6.18] RWF_APPEND with RWF_NOAPPEND → -EINVAL; RWF_ATOMIC →
+    -EOPNOTSUPP for reads and for files without atomic-write support (the model's);
+    RWF_APPEND on a read is accepted and has no effect (measured on the host). RWF_NOWAIT on
+    a file without FMODE_NOWAIT → -EOPNOTSUPP (the model's files all support it).
+    Return: 0 or -errno.
     """
     supported = _RWF_SUPPORTED if v6 else _RWF_SUPPORTED_59
     if flags & ~int(supported):
@@ -106,6 +110,8 @@ def kiocb_set_rw_flags(ki: Kiocb, flags: int, rw_type: int, v6: bool) -> int:
     kiocb_flags = 0
     if flags & RWF.RWF_NOWAIT:
         kiocb_flags |= IOCB.IOCB_NOWAIT
+    if flags & RWF.RWF_ATOMIC:
+        return -errno.EOPNOTSUPP
     if flags & RWF.RWF_HIPRI:
         kiocb_flags |= IOCB.IOCB_HIPRI
     if flags & RWF.RWF_DSYNC:
@@ -113,12 +119,10 @@ def kiocb_set_rw_flags(ki: Kiocb, flags: int, rw_type: int, v6: bool) -> int:
     if flags & RWF.RWF_SYNC:
         kiocb_flags |= IOCB.IOCB_DSYNC | IOCB.IOCB_SYNC
     if flags & RWF.RWF_APPEND:
-        if rw_type == ITER_DEST:
-            return -errno.EOPNOTSUPP if v6 else 0
+        if flags & RWF.RWF_NOAPPEND:
+            return -errno.EINVAL
         kiocb_flags |= IOCB.IOCB_APPEND
     if flags & RWF.RWF_NOAPPEND:
-        if rw_type == ITER_DEST:
-            return -errno.EOPNOTSUPP
         ki.ki_flags &= ~int(IOCB.IOCB_APPEND)
     ki.ki_flags |= kiocb_flags
     return 0
