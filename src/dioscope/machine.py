@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .fs import direct_io as _legacy_dio  # noqa: F401  (registers the "legacy" engine)
+from .fs.block_dev_file import blkdev_install
+from .fs.iomap import direct_io as _iomap_dio  # noqa: F401  (registers the "iomap" engine)
 from .fs.vfs import Vfs
 from .kernel.config import Profile
 from .mm.page_alloc import PgData
@@ -31,6 +34,7 @@ class Kernel:
     def add_disk(self, bdev: Any) -> Any:
         """Make ``bdev`` (a ``block.devices.BlockDevice``) visible as ``/dev/NAME``."""
         self.vfs.devices[bdev.name] = bdev
+        blkdev_install(self.vfs)
         return bdev
 
     def mount(self, fs: Any) -> Any:
