@@ -2,8 +2,9 @@
 :mod:`~dioscope.mm.page_writeback` and :mod:`~dioscope.mm.truncate`, re-exported here).
 
 :class:`AddressSpace` is ``struct address_space``: the page cache of one inode. ``i_pages``
-is an int64 array, page index → pfn (-1: not cached), that grows as pages are added; no
-Python object exists per page. A cached page holds one reference (the page cache's), has
+maps page index → pfn (-1: not cached) in chunked int64 arrays (:class:`~dioscope.kernel.
+xarray.XArray`), so a page at offset 16 TiB costs one chunk; no Python object exists per
+page. A cached page holds one reference (the page cache's), has
 ``page->mapping`` set to the mapping's id and ``page->index`` to its index, and carries
 PG_lru, PG_uptodate once its contents are valid, PG_dirty when it must be written back,
 PG_writeback while a bio writes it and PG_locked while a read fills it.
@@ -47,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from ..kernel.types import PAGE_SHIFT, PAGE_SIZE
+from ..kernel.xarray import XArray
 from .memory import VM_FAULT
 from .mm_types import VmArea
 from .page import PG
@@ -155,7 +157,8 @@ class AddressSpace:
         self.wait_io = wait_io
         """Model-only: run the completion context of the backing device once; False when
         nothing was pending. How a task "sleeps" on PG_writeback or PG_locked."""
-        self.i_pages = np.full(16, -1, np.int64)
+        self.i_pages = XArray()
+        """Page index → pfn (``mapping->i_pages``)."""
         self.nrpages = 0
         self.mapping_id = pgdat.new_mapping_id()
         """The identity stored in ``page->mapping`` of this file's pages."""
@@ -172,38 +175,30 @@ class AddressSpace:
     def __repr__(self) -> str:
         return f"AddressSpace(mapping {self.mapping_id}, {self.nrpages} pages)"
 
-    # --- the index → pfn array (the kernel's xarray) ------------------------------------
+    # --- the index → pfn map (the kernel's xarray) ---------------------------------------
     def lookup(self, index: int) -> int:
         """The pfn cached at ``index``, or -1."""
-        return int(self.i_pages[index]) if 0 <= index < len(self.i_pages) else -1
+        return self.i_pages.get(index)
 
     def pages(self, start: int, end: int) -> np.ndarray:
         """pfns of indices ``[start, end)`` (-1 where nothing is cached), a copy."""
-        out = np.full(max(end - start, 0), -1, np.int64)
-        hi = min(end, len(self.i_pages))
-        if hi > start:
-            out[: hi - start] = self.i_pages[start:hi]
-        return out
+        return self.i_pages.dense(start, end)
+
+    def gather(self, indices: np.ndarray) -> np.ndarray:
+        """pfns at ``indices`` (-1 where nothing is cached)."""
+        return self.i_pages.gather(indices)
 
     def present(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         """(indices, pfns) of the cached pages of ``[start, end)``."""
-        hi = min(end, len(self.i_pages))
-        if hi <= start or not self.nrpages:
+        if not self.nrpages:
             return np.empty(0, np.int64), np.empty(0, np.int64)
-        sl = self.i_pages[start:hi]
-        rel = np.flatnonzero(sl >= 0)
-        return rel + start, sl[rel]
+        return self.i_pages.find(start, end)
 
     def insert(self, indices: np.ndarray, pfns: np.ndarray) -> None:
         """``filemap_add_folio()`` of pages that hold one reference (now the cache's)."""
         if not len(indices):
             return
-        top = int(indices.max()) + 1
-        if top > len(self.i_pages):
-            grown = np.full(max(top, 2 * len(self.i_pages)), -1, np.int64)
-            grown[: len(self.i_pages)] = self.i_pages
-            self.i_pages = grown
-        self.i_pages[indices] = pfns
+        self.i_pages.store(indices, pfns)
         p = self.pgdat.pages
         p.mapping[pfns] = self.mapping_id
         p.index[pfns] = indices
@@ -215,8 +210,8 @@ class AddressSpace:
         out (their dirt cancelled) and drop the page cache's reference."""
         if not len(indices):
             return
-        pfns = self.i_pages[indices].copy()
-        self.i_pages[indices] = -1
+        pfns = self.i_pages.gather(indices)
+        self.i_pages.store(indices, np.full(len(indices), -1, np.int64))
         self.nrpages -= len(indices)
         p = self.pgdat.pages
         p.mapping[pfns] = 0

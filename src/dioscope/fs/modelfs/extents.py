@@ -1,10 +1,10 @@
 """The block map of a file and ``ext4_map_blocks`` (``fs/ext4/extents.c``, ``fs/ext4/inode.c``).
 
-A file's map is two numpy arrays indexed by file block (4 KiB): ``pblk`` (the disk block,
--1 for a hole) and ``unwritten`` (allocated but never written: reads see zeros). They grow to
-the highest mapped block; blocks past their end are holes. An "extent" is a maximal run of
-blocks that are contiguous on disk and in the same state; :meth:`ExtentMap.extents` lists
-them (what ``FIEMAP`` would show).
+A file's map gives, per file block (4 KiB), the disk block (or a hole) and whether it is
+unwritten (allocated but never written: reads see zeros), in chunked numpy arrays
+(:class:`~dioscope.kernel.xarray.XArray`): a block at 16 TiB costs one chunk. An "extent"
+is a maximal run of blocks that are contiguous on disk and in the same state;
+:meth:`ExtentMap.extents` lists them (what ``FIEMAP`` would show).
 
 ``ext4_map_blocks(inode, lblk, len, flags)`` answers for the run starting at ``lblk``, capped
 at ``len`` blocks and at the run's end, and allocates with the CREATE flags, as ext4 does:
@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from ...kernel.xarray import XA_CHUNK, XArray
 
 if TYPE_CHECKING:
     from .inode import ModelFsInode
@@ -79,117 +81,104 @@ class MapResult:
     m_flags: int
 
 
-class ExtentMap:
-    """The block map of one file (per file block: disk block or -1, unwritten bit)."""
+UNWRITTEN_BIT = 1 << 62
+"""Model-only: the unwritten flag rides in bit 62 of a block-map entry (ext4 keeps it in the
+top bit of ``ee_len``), so "contiguous on disk and in the same state" is ``entry + 1``."""
+_PBLK_MASK = UNWRITTEN_BIT - 1
 
-    __slots__ = ("pblk", "unwritten")
+
+def _decode(enc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mapped = enc >= 0
+    return np.where(mapped, enc & _PBLK_MASK, -1), mapped & ((enc & UNWRITTEN_BIT) != 0)
+
+
+class ExtentMap:
+    """The block map of one file: per file block, the disk block (or a hole) and whether
+    it is unwritten, kept sparse (:class:`~dioscope.kernel.xarray.XArray`)."""
+
+    __slots__ = ("xa",)
 
     def __init__(self) -> None:
-        self.pblk = np.full(0, -1, np.int64)
-        self.unwritten = np.zeros(0, bool)
-
-    def _grow(self, n: int) -> None:
-        if n <= len(self.pblk):
-            return
-        size = max(n, 2 * len(self.pblk), 16)
-        pblk = np.full(size, -1, np.int64)
-        pblk[: len(self.pblk)] = self.pblk
-        unw = np.zeros(size, bool)
-        unw[: len(self.unwritten)] = self.unwritten
-        self.pblk, self.unwritten = pblk, unw
+        self.xa = XArray()
 
     def lookup(self, lblk: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(disk blocks, unwritten bits) of file blocks ``[lblk, lblk + n)`` (copies)."""
-        pblk = np.full(n, -1, np.int64)
-        unw = np.zeros(n, bool)
-        hi = min(lblk + n, len(self.pblk))
-        if hi > lblk:
-            pblk[: hi - lblk] = self.pblk[lblk:hi]
-            unw[: hi - lblk] = self.unwritten[lblk:hi]
-        return pblk, unw
+        """(disk blocks or -1, unwritten bits) of file blocks ``[lblk, lblk + n)``."""
+        return _decode(self.xa.dense(lblk, lblk + n))
 
     def gather(self, lblks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(disk blocks, unwritten bits) of the file blocks ``lblks``."""
-        inside = lblks < len(self.pblk)
-        pblk = np.full(len(lblks), -1, np.int64)
-        unw = np.zeros(len(lblks), bool)
-        pblk[inside] = self.pblk[lblks[inside]]
-        unw[inside] = self.unwritten[lblks[inside]]
-        return pblk, unw
+        """(disk blocks or -1, unwritten bits) of the file blocks ``lblks``."""
+        return _decode(self.xa.gather(lblks))
 
     def run(self, lblk: int, n: int) -> tuple[int, int, bool]:
         """The run at ``lblk`` capped at ``n`` blocks: (length, first disk block or -1,
-        unwritten)."""
-        if lblk >= len(self.pblk):
-            return n, -1, False
-        pblk, unw = self.lookup(lblk, n)
-        first = int(pblk[0])
+        unwritten). A hole runs to the next mapped block."""
+        first = self.xa.get(lblk)
         if first < 0:
-            same = pblk < 0
-        else:
-            same = (pblk == first + np.arange(n)) & (unw == unw[0])
-        length = n if same.all() else int(np.argmin(same))
-        return length, first, bool(unw[0]) if first >= 0 else False
+            nxt = self.xa.next_present(lblk, lblk + n)
+            return (nxt - lblk if nxt >= 0 else n), -1, False
+        length = 1
+        while length < n:
+            step = min(n - length, XA_CHUNK)
+            enc = self.xa.dense(lblk + length, lblk + length + step)
+            same = enc == first + length + np.arange(step)
+            k = step if same.all() else int(np.argmin(same))
+            length += k
+            if k < step:
+                break
+        return length, first & _PBLK_MASK, bool(first & UNWRITTEN_BIT)
+
+    def prev_mapped(self, lblk: int) -> tuple[int, int]:
+        """(file block, disk block) of the nearest mapped block before ``lblk``, or (-1, -1)."""
+        j = self.xa.prev_present(lblk)
+        return (j, self.xa.get(j) & _PBLK_MASK) if j >= 0 else (-1, -1)
 
     def set(self, lblk: int, pblk: int, n: int, unwritten: bool) -> None:
         """Map file blocks ``[lblk, lblk + n)`` onto disk blocks ``[pblk, pblk + n)``."""
-        self._grow(lblk + n)
-        self.pblk[lblk : lblk + n] = np.arange(pblk, pblk + n, dtype=np.int64)
-        self.unwritten[lblk : lblk + n] = unwritten
+        enc = np.arange(pblk, pblk + n, dtype=np.int64)
+        if unwritten:
+            enc |= UNWRITTEN_BIT
+        self.xa.store_range(lblk, enc)
 
     def convert(self, lblk: int, n: int) -> int:
         """Mark the unwritten blocks of ``[lblk, lblk + n)`` written. Return: how many."""
-        hi = min(lblk + n, len(self.pblk))
-        if hi <= lblk:
-            return 0
-        k = int(self.unwritten[lblk:hi].sum())
-        self.unwritten[lblk:hi] = False
-        return k
+        idx, enc = self.xa.find(lblk, lblk + n)
+        unw = (enc & UNWRITTEN_BIT) != 0
+        if unw.any():
+            self.xa.store(idx[unw], enc[unw] & _PBLK_MASK)
+        return int(unw.sum())
 
     def remove(self, lblk: int, end: int) -> np.ndarray:
         """Unmap file blocks ``[lblk, end)``. Return: the disk blocks they had."""
-        hi = min(end, len(self.pblk))
-        if hi <= lblk:
-            return np.empty(0, np.int64)
-        sl = self.pblk[lblk:hi]
-        freed = sl[sl >= 0].copy()
-        sl[:] = -1
-        self.unwritten[lblk:hi] = False
-        return freed
+        _idx, enc = self.xa.erase_range(lblk, end)
+        return enc & _PBLK_MASK
 
     @property
     def nr_blocks(self) -> int:
         """Allocated blocks (written or unwritten)."""
-        return int(np.count_nonzero(self.pblk >= 0))
+        return len(self.xa)
 
     def last_block(self) -> int:
         """The highest mapped file block, or -1."""
-        mapped = np.flatnonzero(self.pblk >= 0)
-        return int(mapped[-1]) if len(mapped) else -1
+        return self.xa.last()
 
     def extents(self) -> list[tuple[int, int, int, bool]]:
         """Every extent as (file block, disk block, length, unwritten), in file order."""
-        mapped = np.flatnonzero(self.pblk >= 0)
+        mapped, enc = self.xa.find(0, 1 << 62)
         if not len(mapped):
             return []
-        pb = self.pblk[mapped]
-        uw = self.unwritten[mapped]
-        brk = np.flatnonzero((np.diff(mapped) != 1) | (np.diff(pb) != 1) | (uw[1:] != uw[:-1]))
+        brk = np.flatnonzero((np.diff(mapped) != 1) | (np.diff(enc) != 1))
         starts = np.concatenate(([0], brk + 1))
         ends = np.concatenate((brk + 1, [len(mapped)]))
-        return [(int(mapped[a]), int(pb[a]), int(b - a), bool(uw[a]))
+        return [(int(mapped[a]), int(enc[a] & _PBLK_MASK), int(b - a),
+                 bool(enc[a] & UNWRITTEN_BIT))
                 for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
 
 
 def _goal(inode: ModelFsInode, lblk: int) -> int:
     """``ext4_ext_find_goal()``: the disk block that would continue the nearest mapped block
     before ``lblk``; -1 (the allocator's cursor) for a file without one."""
-    pblk = inode.ext.pblk[: min(lblk, len(inode.ext.pblk))]
-    mapped = np.flatnonzero(pblk >= 0)
-    if not len(mapped):
-        return -1
-    j = int(mapped[-1])
-    return int(pblk[j]) + (lblk - j)
+    j, pblk = inode.ext.prev_mapped(lblk)
+    return pblk + (lblk - j) if j >= 0 else -1
 
 
 def ext4_map_blocks(inode: ModelFsInode, lblk: int, length: int, flags: int) -> MapResult | int:

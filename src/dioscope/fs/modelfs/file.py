@@ -30,7 +30,7 @@ from ..filemap_rw import (
     generic_write_sync,
 )
 from ..fs_types import FALLOC, FMODE, IOCB, File, Kiocb
-from .extents import GET_BLOCKS, MAP, ext4_map_blocks
+from .extents import EXT4_MAX_LOGICAL_BLOCK, GET_BLOCKS, MAP, ext4_map_blocks
 from .inode import (
     ModelFsInode,
     ext4_block_zero_page_range,
@@ -316,7 +316,7 @@ class ModelFsFile:
         if ret < 0 and it.iov_iter_rw() == ITER_SOURCE and offset + count > inode.i_size:
             filemap.truncate_pagecache(inode, inode.i_size)
             first = (inode.i_size + PAGE_SIZE - 1) >> PAGE_SHIFT
-            freed = inode.ext.remove(first, len(inode.ext.pblk))
+            freed = inode.ext.remove(first, EXT4_MAX_LOGICAL_BLOCK + 1)
             inode.fs.balloc.free(freed)
         return ret
 

@@ -296,7 +296,7 @@ def ext4_truncate(inode: ModelFsInode) -> int:
     if size & (PAGE_SIZE - 1):
         err = ext4_block_zero_page_range(inode, size, PAGE_SIZE - (size & (PAGE_SIZE - 1)))
     first = (size + (1 << inode.i_blkbits) - 1) >> inode.i_blkbits
-    freed = inode.ext.remove(first, len(inode.ext.pblk))
+    freed = inode.ext.remove(first, EXT4_MAX_LOGICAL_BLOCK + 1)
     if len(freed):
         inode.fs.balloc.free(freed)
         inode.mark_metadata_dirty()
@@ -343,6 +343,6 @@ def ext4_evict_inode(inode: ModelFsInode) -> None:
     """``ext4_evict_inode()``: the last reference to an unlinked inode is gone: drop its
     page cache (waiting for writeback) and free its blocks."""
     filemap.truncate_inode_pages_final(inode.i_mapping)
-    freed = inode.ext.remove(0, len(inode.ext.pblk))
+    freed = inode.ext.remove(0, EXT4_MAX_LOGICAL_BLOCK + 1)
     inode.fs.balloc.free(freed)
     inode.fs.inodes.pop(inode.i_ino, None)

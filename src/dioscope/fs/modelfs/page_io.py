@@ -95,7 +95,7 @@ def ext4_mpage_readpages(mapping: Any, indices: np.ndarray, rahead: bool = False
     """
     inode: ModelFsInode = mapping.host
     pgdat = inode.pgdat
-    pfns = mapping.i_pages[indices].copy()
+    pfns = mapping.gather(indices)
     pblk, unw = inode.ext.gather(indices)
     last = (inode.i_size + PAGE_SIZE - 1) >> PAGE_SHIFT
     zero = (indices >= last) | (pblk < 0) | unw
