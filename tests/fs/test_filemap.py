@@ -317,3 +317,20 @@ def test_mmap_write_after_writeback_redirties(k):
     assert flags_of(k, inode, 0) & PG.PG_dirty and vma.pt_flags[0] & PTE_RW
     p.fsync(fd)
     assert fs.bdev.read_disk(P, 3) == b"two"
+
+
+def test_partial_page_write_over_an_unreadable_block(k):
+    fs = mkfs(k)
+    fs.create_file("a", 2 * P)
+    inode = fs.lookup("a")
+    filemap.truncate_inode_pages(inode.i_mapping, 0)
+    fs.bdev.inject(EIOOnSectors(start=2 * 8, end=3 * 8))  # file block 1
+    p = k.spawn()
+    fd = p.open("/a", os.O_RDWR)
+    with pytest.raises(OSError) as exc:
+        pwrite(p, fd, b"x" * 10, P + 5)
+    assert exc.value.errno == errno.EIO
+    assert pwrite(p, fd, b"y" * (P + 10), 0) == P  # page 0 is whole: no read needed
+    assert not flags_of(k, inode, 1) & (PG.PG_locked | PG.PG_uptodate)
+    fs.bdev.clear_faults()
+    assert pread(p, fd, P + 4, 0) == b"y" * P + file_pattern(inode.i_ino, P, 4)

@@ -207,6 +207,7 @@ def _prepare_pages(mapping: Any, pos: int, end: int) -> tuple[np.ndarray, int]:
             continue
         flags[pfn] &= _UNLOCK
         if filemap.filemap_read_folio(mapping, first + k) < 0:
+            flags[pfns] &= _UNLOCK
             return pfns[:k], -errno.EIO
     return pfns, err
 
