@@ -28,6 +28,10 @@ class StepResult:
     in whole logical blocks. ``tail``: which of "zero" / "untouched" hold for the destination
     bytes past ``ret`` within the request (an empty tuple: modified). ``noise``: why the pin
     measurement may be unreliable; ``attempts``: how many times the step was measured.
+    ``crash``: the exception the model raised in this step (``"IndexError: ..."``), a model
+    bug; ``ret`` and ``errno`` are then None. ``bios``: with bio capture, the step's
+    ``block_bio_queue`` events as (rwbs, offset in the file or None, bytes). ``view``: the
+    model's own account of the step (bios, requests, page references), for ``--explain``.
     """
 
     index: int
@@ -43,6 +47,9 @@ class StepResult:
     noise: str | None = None
     attempts: int = 1
     note: str | None = None
+    crash: str | None = None
+    bios: list[tuple[str, int | None, int]] | None = None
+    view: list[str] | None = None
 
     @property
     def label(self) -> str:
@@ -51,7 +58,9 @@ class StepResult:
 
     @property
     def outcome(self) -> str:
-        """The return value as text: ``1024`` or ``-EINVAL``."""
+        """The return value as text: ``1024`` or ``-EINVAL`` (``a crash`` for a crash)."""
+        if self.crash is not None:
+            return "a crash"
         return format_outcome(self.ret, self.errno)
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,6 +68,7 @@ class StepResult:
         d = asdict(self)
         d["pins"] = list(self.pins) if self.pins is not None else None
         d["tail"] = list(self.tail) if self.tail is not None else None
+        d["bios"] = [list(b) for b in self.bios] if self.bios is not None else None
         return d
 
     @classmethod
@@ -69,6 +79,8 @@ class StepResult:
             d["pins"] = (int(d["pins"][0]), int(d["pins"][1]))
         if d.get("tail") is not None:
             d["tail"] = tuple(d["tail"])
+        if d.get("bios") is not None:
+            d["bios"] = [(str(b[0]), b[1], int(b[2])) for b in d["bios"]]
         return cls(**d)
 
 
@@ -149,8 +161,10 @@ def _same_errno(a: str | None, b: str | None) -> bool:
 
 def check_step(step: Step, exp: Expect, res: StepResult) -> list[str]:
     """Return one sentence per expectation of ``exp`` that ``res`` does not meet."""
-    out: list[str] = []
     lab = step.label
+    if res.crash is not None:
+        return [crash_sentence(lab, res.crash)]
+    out: list[str] = []
     if exp.ret is not None and (res.errno is not None or res.ret != exp.ret):
         out.append(f"{lab}: expected ret {exp.ret}, got {res.outcome}")
     if exp.errno is not None and not _same_errno(res.errno, exp.errno):
@@ -187,14 +201,15 @@ def check_expectations(scenario: Scenario, result: ScenarioResult, profile: str)
         res = result.step(step.index)
         if res is None:
             if result.error is not None:
-                out.append(result.error)
+                if result.error not in out:
+                    out.append(result.error)
                 return out
             if exp is not None and exp.keys():
                 out.append(f"{step.label}: the step did not run")
             continue
         if exp is not None:
             out.extend(check_step(step, exp, res))
-    if result.error is not None:
+    if result.error is not None and result.error not in out:
         out.append(result.error)
     return out
 
@@ -217,6 +232,10 @@ def compare_results(scenario: Scenario, a: ScenarioResult, b: ScenarioResult) ->
                 out.append(f"{step.label}: did not run in the {missing} runner")
             continue
         lab = step.label
+        crashed = [r for r in (ra, rb) if r.crash is not None]
+        if crashed:
+            out.extend(crash_sentence(lab, r.crash or "") for r in crashed)
+            continue
         if (ra.ret, ra.errno) != (rb.ret, rb.errno):
             out.append(f"{lab}: {an} returned {ra.outcome}, {bn} returned {rb.outcome}")
         if ra.pins is not None and rb.pins is not None and ra.pins != rb.pins:
@@ -233,10 +252,56 @@ def compare_results(scenario: Scenario, a: ScenarioResult, b: ScenarioResult) ->
             )
         if ra.tail is not None and rb.tail is not None and set(ra.tail) != set(rb.tail):
             out.append(f"{lab}: {an} tail {_fmt_tail(ra.tail)}, {bn} tail {_fmt_tail(rb.tail)}")
+        if ra.bios is not None and rb.bios is not None:
+            s = compare_bios(lab, an, ra.bios, bn, rb.bios)
+            if s is not None:
+                out.append(s)
     for r in (a, b):
-        if r.error is not None:
+        if r.error is not None and r.error not in out:
             out.append(f"{r.runner} runner: {r.error}")
     return out
+
+
+def crash_sentence(label: str, crash: str) -> str:
+    """The sentence for a step in which the model raised an exception (a model bug)."""
+    return f"{label}: the model crashed with {crash}"
+
+
+def format_bio(bio: tuple[str, int | None, int]) -> str:
+    """One bio as ``RS 4096+512`` (``RS ?+512`` outside the file)."""
+    op, off, size = bio
+    return f"{op} {'?' if off is None else off}+{size}"
+
+
+def format_bios(bios: list[tuple[str, int | None, int]], limit: int = 6) -> str:
+    """A bio list as text, at most ``limit`` bios and a count of the rest."""
+    if not bios:
+        return "no bios"
+    s = ", ".join(format_bio(b) for b in bios[:limit])
+    if len(bios) > limit:
+        s += f" and {len(bios) - limit} more"
+    return s
+
+
+def compare_bios(
+    label: str,
+    an: str,
+    a: list[tuple[str, int | None, int]],
+    bn: str,
+    b: list[tuple[str, int | None, int]],
+) -> str | None:
+    """One sentence on the first difference of two bio lists, or None when they are equal."""
+    a, b = [tuple(x) for x in a], [tuple(x) for x in b]  # type: ignore[misc]
+    if a == b:
+        return None
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    where = f"bio {i + 1}"
+    x = format_bio(a[i]) if i < len(a) else "nothing"
+    y = format_bio(b[i]) if i < len(b) else "nothing"
+    return (
+        f"{label}: {where} differs: {an} {x}, {bn} {y} "
+        f"({an} queued {len(a)} bios, {bn} {len(b)})"
+    )
 
 
 def verdict_line(name: str, mismatches: list[str], skipped: str | None = None) -> str:

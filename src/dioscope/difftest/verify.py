@@ -12,20 +12,37 @@ Definitions (scenario-format.md, "Measurement"):
 
 Files are read back with O_DIRECT (falling back to buffered reads) so that checking never
 brings file pages into the page cache that a later step expects to be absent.
+
+The functions work on any memory that offers ``read_chunks`` / ``read`` (``MemView``: the
+host's ``MemReader``, the model runner's ``ModelMem``) and any file reader with the signature
+of ``read_file_range`` (the ``read_file`` keyword), so both runners share one definition.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from dioscope.difftest import libc as L
-from dioscope.difftest.hostmem import MemReader
 from dioscope.difftest.results import DATA_MISMATCH, DATA_OK, StepResult
 
 Chunks = list[tuple[int, bytes | None]]
 MAX_VERIFY = 256 << 20  # requests larger than this are not verified byte by byte
+
+
+class MemView(Protocol):
+    """Side-effect-free reads of a process's memory (unreadable pages give None)."""
+
+    def read_chunks(self, addr: int, n: int) -> Chunks: ...
+
+    def read(self, addr: int, n: int) -> bytes | None: ...
+
+
+FileReader = Callable[[str, int, int], bytes]
+"""``(path, offset, n) -> bytes``: the file's bytes [offset, offset+n), shorter at EOF."""
 
 
 @dataclass
@@ -49,7 +66,7 @@ def _verifiable(segs: list[tuple[int, int]], offset: int) -> bool:
     return offset >= 0 and total <= MAX_VERIFY
 
 
-def before_read(mem: MemReader, segs: list[tuple[int, int]], offset: int) -> PreIo:
+def before_read(mem: MemView, segs: list[tuple[int, int]], offset: int) -> PreIo:
     """Snapshot the destination of a read (without faulting anything in)."""
     ok = _verifiable(segs, offset)
     pre = PreIo(segs, offset, sum(n for _a, n in segs) if ok else 0, ok)
@@ -58,12 +75,19 @@ def before_read(mem: MemReader, segs: list[tuple[int, int]], offset: int) -> Pre
     return pre
 
 
-def before_write(path: str, segs: list[tuple[int, int]], offset: int, want_tail: bool) -> PreIo:
+def before_write(
+    path: str,
+    segs: list[tuple[int, int]],
+    offset: int,
+    want_tail: bool,
+    *,
+    read_file: FileReader | None = None,
+) -> PreIo:
     """Record a write request; with ``want_tail``, snapshot the file range it targets."""
     ok = _verifiable(segs, offset)
     pre = PreIo(segs, offset, sum(n for _a, n in segs) if ok else 0, ok)
     if ok and want_tail:
-        pre.file_before = read_file_range(path, offset, pre.total)
+        pre.file_before = (read_file or read_file_range)(path, offset, pre.total)
     return pre
 
 
@@ -167,7 +191,7 @@ def _expected_read(
     return exp
 
 
-def _leading_match(mem: MemReader, segs: list[tuple[int, int]], fb: bytes, total: int) -> int:
+def _leading_match(mem: MemView, segs: list[tuple[int, int]], fb: bytes, total: int) -> int:
     """Return how many leading request bytes of memory equal the file (zeros past EOF)."""
     for p, a, ln in _read_pieces(segs, 0, total):
         for ca, got in mem.read_chunks(a, ln):
@@ -180,14 +204,22 @@ def _leading_match(mem: MemReader, segs: list[tuple[int, int]], fb: bytes, total
     return total
 
 
-def after_read(mem: MemReader, path: str, pre: PreIo, res: StepResult, lbs: int) -> None:
+def after_read(
+    mem: MemView,
+    path: str,
+    pre: PreIo,
+    res: StepResult,
+    lbs: int,
+    *,
+    read_file: FileReader | None = None,
+) -> None:
     """Set ``res.data``, ``res.transferred`` and ``res.tail`` for a read step."""
     if not pre.verifiable:
         res.note = "request too large or malformed to verify the bytes"
         return
     n = res.ret if res.ret is not None and res.errno is None else 0
     n = max(0, min(n, pre.total))
-    fb = read_file_range(path, pre.offset, pre.total)
+    fb = (read_file or read_file_range)(path, pre.offset, pre.total)
     # data: destination [0, n) equals the file, last writer wins
     res.data = DATA_OK
     for p, a, want in _expected_read(_read_pieces(pre.segs, 0, n), fb):
@@ -216,14 +248,22 @@ def after_read(mem: MemReader, path: str, pre: PreIo, res: StepResult, lbs: int)
     res.tail = tuple(w for w, ok in (("zero", zero), ("untouched", untouched)) if ok)
 
 
-def after_write(mem: MemReader, path: str, pre: PreIo, res: StepResult, lbs: int) -> None:
+def after_write(
+    mem: MemView,
+    path: str,
+    pre: PreIo,
+    res: StepResult,
+    lbs: int,
+    *,
+    read_file: FileReader | None = None,
+) -> None:
     """Set ``res.data``, ``res.transferred`` and (when asked) ``res.tail`` for a write step."""
     if not pre.verifiable:
         res.note = "request too large or malformed to verify the bytes"
         return
     n = res.ret if res.ret is not None and res.errno is None else 0
     n = max(0, min(n, pre.total))
-    fb = read_file_range(path, pre.offset, pre.total)
+    fb = (read_file or read_file_range)(path, pre.offset, pre.total)
     parts: list[bytes] = []
     src_ok = pre.total
     for p, a, ln in _read_pieces(pre.segs, 0, pre.total):
