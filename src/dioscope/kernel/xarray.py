@@ -82,7 +82,15 @@ class XArray:
         idx: list[np.ndarray] = []
         val: list[np.ndarray] = []
         if end > start:
-            for c in self._keys(start, end):
+            keys = self._keys(start, end)
+            if len(keys) == 1:
+                c = keys[0]
+                base = c << XA_CHUNK_SHIFT
+                lo, hi = max(start, base) - base, min(end, base + XA_CHUNK) - base
+                sl = self.chunks[c][lo:hi]
+                rel = np.flatnonzero(sl >= 0)
+                return rel + (base + lo), sl[rel]
+            for c in keys:
                 base = c << XA_CHUNK_SHIFT
                 lo, hi = max(start, base) - base, min(end, base + XA_CHUNK) - base
                 sl = self.chunks[c][lo:hi]

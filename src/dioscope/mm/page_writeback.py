@@ -232,6 +232,27 @@ def filemap_fdatawait_range(mapping: AddressSpace, start: int, end: int) -> int:
     return filemap_check_errors(mapping)
 
 
+def _write_and_wait(mapping: AddressSpace, lstart: int, lend: int) -> int:
+    """Write back the dirty pages of bytes ``[lstart, lend]`` and wait for all writeback
+    there. A range without dirty pages does not reach ``writepages`` (the kernel's walk
+    finds no page tagged dirty). Return: the writepages error."""
+    _idx, pfns = mapping.present(lstart >> PAGE_SHIFT, (min(lend, LLONG_MAX) >> PAGE_SHIFT) + 1)
+    if not len(pfns):
+        return 0
+    flags = mapping.pgdat.pages.flags
+    fl = flags.take(pfns)
+    err = 0
+    if (fl & _DIRTY).any():
+        err = filemap_fdatawrite_range(mapping, lstart, lend)
+        if err == -errno.EIO:
+            return err
+        fl = flags.take(pfns)
+    busy = (fl & _WRITEBACK) != 0
+    if busy.any():
+        folio_wait_writeback(mapping, pfns[busy])
+    return err
+
+
 def filemap_write_and_wait_range(mapping: AddressSpace, lstart: int, lend: int) -> int:
     """``filemap_write_and_wait_range()``: write back bytes ``[lstart, lend]`` and wait.
 
@@ -239,11 +260,7 @@ def filemap_write_and_wait_range(mapping: AddressSpace, lstart: int, lend: int) 
     """
     if lend < lstart:
         return 0
-    err = 0
-    if mapping.nrpages:
-        err = filemap_fdatawrite_range(mapping, lstart, lend)
-        if err != -errno.EIO:
-            __filemap_fdatawait_range(mapping, lstart, lend)
+    err = _write_and_wait(mapping, lstart, lend) if mapping.nrpages else 0
     err2 = filemap_check_errors(mapping)
     return err if err else err2
 
@@ -255,10 +272,6 @@ def file_write_and_wait_range(file: Any, lstart: int, lend: int) -> int:
     mapping = file.f_mapping
     if lend < lstart:
         return 0
-    err = 0
-    if mapping.nrpages:
-        err = filemap_fdatawrite_range(mapping, lstart, lend)
-        if err != -errno.EIO:
-            __filemap_fdatawait_range(mapping, lstart, lend)
+    err = _write_and_wait(mapping, lstart, lend) if mapping.nrpages else 0
     err2 = file_check_and_advance_wb_err(file)
     return err if err else err2
