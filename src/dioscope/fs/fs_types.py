@@ -303,6 +303,9 @@ class File:
     private: dict[str, Any] = field(default_factory=dict)
     f_wb_err: int = 0
     """``file->f_wb_err``: the writeback error sequence this file has seen (``errseq_t``)."""
+    f_count: int = 1
+    """``file->f_count``: descriptors (in any process) that refer to this open file; the
+    last ``fput`` calls ``->release``."""
 
 
 @dataclass

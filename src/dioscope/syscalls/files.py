@@ -57,8 +57,11 @@ class FileTable:
         return self.fds.get(fd) if isinstance(fd, int) else None
 
     def fork(self, child: Process) -> FileTable:
+        """``dup_fd()``: the child shares every open file (``get_file`` on each)."""
         t = FileTable(child)
         t.fds = dict(self.fds)
+        for f in t.fds.values():
+            f.f_count += 1
         return t
 
 
@@ -90,8 +93,9 @@ class FileSyscalls:
         """``close(2)``."""
         f = self._file(fd)
         del self.files.fds[fd]
+        f.f_count -= 1  # fput()
         release = getattr(f.f_op, "release", None)
-        if release is not None and f not in self.files.fds.values():
+        if release is not None and f.f_count == 0:
             release(f)
 
     # --- read/write -----------------------------------------------------------------------

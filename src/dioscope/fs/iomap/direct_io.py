@@ -321,7 +321,7 @@ def iomap_dio_rw(iocb: Kiocb, it: IovIter, ops: IomapOps, dio_flags: int = 0) ->
     if iocb.ki_flags & IOCB.IOCB_NOWAIT:
         # [5.9] any cached page in the range would block; [6.18] reads only care about pages
         # that need writeback, writes still refuse any cached page (kiocb_invalidate_pages).
-        if write or not cfg.IOV_ITER_EXTRACT:
+        if write or not cfg.DIO_NOWAIT_READ_NEEDS_WRITEBACK:
             busy = filemap.filemap_range_has_page(mapping, pos, end)
         else:
             busy = filemap.filemap_range_needs_writeback(mapping, pos, end)
