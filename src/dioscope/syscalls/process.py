@@ -111,9 +111,12 @@ class Process(FileSyscalls):
         return child
 
     def exit(self) -> None:
-        """``exit_mmap()``: unmap everything; pins held by the kernel keep their pages."""
+        """``do_exit()``: close every descriptor (``exit_files``), then unmap everything
+        (``exit_mmap``); pins held by the kernel keep their pages."""
         if not self.alive:
             return
+        for fd in sorted(self.files.fds):
+            self.close(fd)
         for vma in list(self.mm.vmas):
             zap_page_range(vma, 0, vma.nr_pages, "exit_mmap")
             self.mm.remove_vma(vma)
