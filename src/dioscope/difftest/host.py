@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dioscope.difftest import libc as L
-from dioscope.difftest import verify, vmstat
+from dioscope.difftest import tracefs, verify, vmstat
 from dioscope.difftest.hostmem import UNMAPPED, MemReader, new_mapping, prot_bits
 from dioscope.difftest.results import ScenarioResult, StepResult
 from dioscope.scenarios import content
@@ -130,10 +130,18 @@ def _safe(name: str) -> str:
 class HostRun:
     """One run of one scenario in the current process (see ``run_host`` for the entry)."""
 
-    def __init__(self, scenario: Scenario, workdir: str, lbs: int) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        workdir: str,
+        lbs: int,
+        tracer: tracefs.BioTracer | None = None,
+    ) -> None:
         self.sc = scenario
         self.workdir = workdir
         self.lbs = lbs
+        self.tracer = tracer
+        self.trace_devs, self.part_start = tracefs.file_disk(workdir) if tracer else (set(), 0)
         self.mem = MemReader()
         self.maps = self.mem.mappings
         self.fds: dict[str, _Fd] = {}
@@ -204,12 +212,31 @@ class HostRun:
             return res
         pre = self._pre_io(step) if step.op in IO_OPS else None
         repeatable = step.op in READ_OPS and step.args["offset"] >= 0
+        tracer = self.tracer if step.op in IO_OPS else None
+        if tracer is not None:
+            action = _traced(action, tracer)
         m = vmstat.measure(action, repeatable=repeatable)
         res.pins, res.attempts, res.noise = m.pins, m.attempts, m.noise
         _set_outcome(res, box[-1])
+        if tracer is not None:
+            res.bios = self._bios(step, tracer)
         if pre is not None:
             self._post_io(step, res, pre)
         return res
+
+    def _bios(self, step: Step, tracer: tracefs.BioTracer) -> list[tuple[str, int | None, int]]:
+        """The step's bios, normalised to (rwbs, file offset or None, bytes)."""
+        events = tracer.events()
+        extents: list[tuple[int, int, int]] = []
+        try:
+            fd = os.open(self._fd(step.args["fd"]).path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                extents = tracefs.fiemap(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+        return tracefs.normalise_bios(events, self.trace_devs, self.part_start, extents)
 
     def _action(self, step: Step, box: list[tuple[int, int]]) -> Callable[[], None]:
         fn = getattr(self, f"_op_{step.op}")
@@ -388,6 +415,19 @@ class HostRun:
             verify.after_write(self.mem, path, pre, res, self.lbs)
 
 
+def _traced(action: Callable[[], None], tracer: tracefs.BioTracer) -> Callable[[], None]:
+    """``action`` with bio tracing on around it (each attempt starts a fresh buffer)."""
+
+    def run() -> None:
+        tracer.start()
+        try:
+            action()
+        finally:
+            tracer.stop()
+
+    return run
+
+
 def _set_outcome(res: StepResult, outcome: tuple[int, int]) -> None:
     ret, err = outcome
     if err:
@@ -460,10 +500,16 @@ def _create_file(scenario_name: str, f: FileSpec, path: str) -> None:
 
 
 def _run_steps(
-    sc: Scenario, workdir: str, lbs: int, emit: Callable[[dict[str, Any]], None]
+    sc: Scenario,
+    workdir: str,
+    lbs: int,
+    emit: Callable[[dict[str, Any]], None],
+    tracer: tracefs.BioTracer | None = None,
 ) -> None:
     """Run the scenario's steps, emitting {"start": k}, {"step": ...} and {"error": ...}."""
-    run = HostRun(sc, workdir, lbs)
+    if tracer is not None:
+        tracer.follow(os.getpid())
+    run = HostRun(sc, workdir, lbs, tracer)
     try:
         try:
             run.create_files()
@@ -497,7 +543,13 @@ def _collect(sc: Scenario, result: ScenarioResult, msgs: list[dict[str, Any]]) -
     return started
 
 
-def _run_forked(sc: Scenario, workdir: str, lbs: int, result: ScenarioResult) -> None:
+def _run_forked(
+    sc: Scenario,
+    workdir: str,
+    lbs: int,
+    result: ScenarioResult,
+    tracer: tracefs.BioTracer | None = None,
+) -> None:
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never returns
@@ -507,7 +559,9 @@ def _run_forked(sc: Scenario, workdir: str, lbs: int, result: ScenarioResult) ->
             os.close(rfd)
             with os.fdopen(wfd, "w", buffering=1) as out:
                 try:
-                    _run_steps(sc, workdir, lbs, lambda m: print(json.dumps(m), file=out))
+                    _run_steps(
+                        sc, workdir, lbs, lambda m: print(json.dumps(m), file=out), tracer
+                    )
                 except BaseException as e:  # reported; the child exits
                     print(json.dumps({"error": f"the host runner's child failed: {e!r}"}), file=out)
                     code = 1
@@ -529,13 +583,19 @@ def _run_forked(sc: Scenario, workdir: str, lbs: int, result: ScenarioResult) ->
 
 
 def run_host(
-    scenario: Scenario, workdir: str | Path | None = None, *, fork: bool | None = None
+    scenario: Scenario,
+    workdir: str | Path | None = None,
+    *,
+    fork: bool | None = None,
+    bios: bool = False,
 ) -> ScenarioResult:
     """Run ``scenario`` on the host kernel.
 
     ``workdir``: where the scenario's temporary directory is made (default $DIOSCOPE_HOST_DIR
     or /var/tmp; must not be tmpfs).  ``fork``: run in a forked child (default: when the
-    scenario unmaps or protects memory or names a raw address).
+    scenario unmaps or protects memory or names a raw address).  ``bios``: capture each I/O
+    step's ``block_bio_queue`` events from a tracefs instance into ``StepResult.bios``
+    (left None when tracefs cannot; see ``tracefs.tracefs_unavailable``).
 
     Return: a ScenarioResult with ``runner = "host"``; ``skipped`` says why when the host cannot
     answer (not Linux, not root, no stat_refresh, a model-only scenario).
@@ -555,15 +615,23 @@ def run_host(
         return result
     base = str(workdir or os.environ.get(WORKDIR_ENV) or DEFAULT_WORKDIR)
     tmp = tempfile.mkdtemp(prefix="dioscope-", dir=base)
+    tracer: tracefs.BioTracer | None = None
     try:
+        if bios and tracefs.tracefs_unavailable() is None:
+            try:
+                tracer = tracefs.BioTracer()
+            except OSError:
+                tracer = None
         result.device = host_queue_limits(tmp)
         lbs = result.device.get("logical_block_size", 512)
         if fork if fork is not None else scenario.needs_fork:
-            _run_forked(scenario, tmp, lbs, result)
+            _run_forked(scenario, tmp, lbs, result, tracer)
         else:
             msgs: list[dict[str, Any]] = []
-            _run_steps(scenario, tmp, lbs, msgs.append)
+            _run_steps(scenario, tmp, lbs, msgs.append, tracer)
             _collect(scenario, result, msgs)
     finally:
+        if tracer is not None:
+            tracer.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return result
