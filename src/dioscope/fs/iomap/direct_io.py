@@ -386,7 +386,8 @@ def _complete(dio: IomapDio, ops: IomapOps, inode: Inode, write: bool) -> int:
         filemap.invalidate_inode_pages2_range(
             inode.i_mapping, offset // PAGE_SIZE, (offset + dio.size - 1) // PAGE_SIZE)
     ret = dio.error
-    if ops.end_io is not None:
+    if write and ops.end_io is not None:
+        # ext4 hands iomap_dio_rw its dops (ext4_dio_write_ops) for writes only.
         ret = ops.end_io(iocb, dio.size, ret, dio.flags)
     if not ret:
         ret = dio.size
