@@ -1,0 +1,256 @@
+"""Direct I/O benchmark: O_DIRECT through the model's syscall layer, against the host's own.
+
+The model side is a whole machine (profile 6.18 by default, ``$DIOSCOPE_BENCH_PROFILE``
+otherwise): a :class:`~dioscope.block.devices.FileDevice` on a host file (real O_DIRECT
+``preadv``/``pwritev``, the host disk's queue limits), the iomap filesystem on it, one file,
+and a process that ``open``\\ s it ``O_RDWR | O_DIRECT`` and calls ``pread``/``pwrite``
+with page-aligned, faulted-in ``mmap`` buffers: every call walks the syscall, VFS, iomap
+Direct I/O, GUP, bio, blk-mq, device, completion and release paths. The host side does the
+same I/O itself: ``os.preadv``/``os.pwritev`` with ``O_DIRECT`` on a file of the same size,
+from a page-aligned ``mmap`` buffer. Both files live on the root filesystem
+(``$DIOSCOPE_BENCH_DIR``, else ``/var/tmp``, else ``/tmp``; never tmpfs) and are fully
+allocated.
+
+Workloads, the two sides alternating chunk by chunk (and taking turns to go first) so machine
+drift cancels:
+
+* 4 KiB random reads at queue depth 1 (latency): chunks of ``RAND_CHUNK`` reads at the same
+  random offsets on both sides;
+* 1 MiB sequential reads, then 1 MiB sequential writes (throughput): chunks of 4 MiB.
+
+Figures (medians over chunks):
+
+* ``dio.read_1m_throughput_ratio``, ``dio.write_1m_throughput_ratio``: model ÷ host
+  throughput (goal >= 0.8);
+* ``dio.read_4k_latency_ratio``: model ÷ host latency of a 4 KiB read (goal <= 1.5);
+* ``dio.read_4k_latency_ratio_sanitized``: the same with a
+  :class:`~dioscope.sanitizer.Sanitizer` attached (goal <= 2.5);
+* ``dio.syscall_overhead_us``: model minus host time per 4 KiB read.
+
+When a goal is missed, a cProfile summary of the model's 4 KiB read path is printed (top
+functions by cumulative and by own time).
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import mmap
+import os
+import pstats
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from dioscope.block.devices import FileDevice
+from dioscope.fs.fs_types import OFLAG
+from dioscope.fs.modelfs.super import ModelFs
+from dioscope.machine import Kernel
+from dioscope.sanitizer import Sanitizer
+
+KIB = 1 << 10
+MIB = 1 << 20
+FILE_SIZE = 128 * MIB
+CAPACITY = FILE_SIZE + 64 * MIB  # room for the filesystem's metadata
+SEQ_PASSES = 2  # 1 MiB sequential: passes over the file, per direction
+SEQ_CHUNK = 4 * MIB
+RAND_CHUNK = 50  # 4 KiB reads per chunk
+RAND_CHUNKS = 40
+PROFILE = os.environ.get("DIOSCOPE_BENCH_PROFILE", "6.18")
+GOAL_THROUGHPUT = 0.8
+GOAL_LATENCY = 1.5
+GOAL_LATENCY_SANITIZED = 2.5
+
+
+def _bench_dir() -> str:
+    root = os.stat("/").st_dev
+    for d in (os.environ.get("DIOSCOPE_BENCH_DIR"), "/var/tmp", "/tmp"):
+        if d and os.path.isdir(d) and os.access(d, os.W_OK):
+            if os.environ.get("DIOSCOPE_BENCH_DIR") == d or os.stat(d).st_dev == root:
+                return d
+    return tempfile.gettempdir()
+
+
+def _content() -> bytes:
+    block = np.random.default_rng(1).integers(0, 256, MIB, np.uint8).tobytes()
+    return block * (FILE_SIZE // MIB)
+
+
+class ModelSide:
+    """One model machine: FileDevice, iomap filesystem, one O_DIRECT file, one process."""
+
+    def __init__(self, path: str, content: bytes) -> None:
+        self.k = Kernel("1G", PROFILE)
+        self.dev = self.k.add_disk(FileDevice(self.k.pgdat, path, CAPACITY))
+        self.fs = self.k.mount(ModelFs(self.dev, "iomap"))
+        self.fs.create_file("data", FILE_SIZE, content)
+        self.p = self.k.spawn("bench_dio")
+        self.fd = self.p.open("/data", int(OFLAG.O_RDWR | OFLAG.O_DIRECT))
+        self.buf = self.p.mmap(MIB)
+        self.p.touch(self.buf, MIB, write=True)
+
+    def read(self, n: int, off: int) -> None:
+        got = self.p.pread(self.fd, self.buf, n, off)
+        assert got == n, got
+
+    def write(self, n: int, off: int) -> None:
+        got = self.p.pwrite(self.fd, self.buf, n, off)
+        assert got == n, got
+
+    def close(self) -> None:
+        self.p.exit()
+        self.dev.close()
+
+
+class HostSide:
+    """The host's own O_DIRECT preadv/pwritev on a file of the same size."""
+
+    def __init__(self, path: str, content: bytes) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            for off in range(0, FILE_SIZE, MIB):
+                os.pwrite(fd, content[off:off + MIB], off)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.fd = os.open(path, os.O_RDWR | os.O_DIRECT)
+        self.buf = mmap.mmap(-1, MIB)
+        self.buf[:] = content[:MIB]
+        self.views = {n: [memoryview(self.buf)[:n]] for n in (4 * KIB, MIB)}
+
+    def read(self, n: int, off: int) -> None:
+        got = os.preadv(self.fd, self.views[n], off)
+        assert got == n, got
+
+    def write(self, n: int, off: int) -> None:
+        got = os.pwritev(self.fd, self.views[n], off)
+        assert got == n, got
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _interleaved(model: ModelSide, host: HostSide, op: str, n: int,
+                 chunks: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds each side spent on each chunk of offsets, alternating, taking turns to go
+    first. Return: (model seconds, host seconds) per chunk."""
+    t_model, t_host = np.zeros(len(chunks)), np.zeros(len(chunks))
+    m_op, h_op = getattr(model, op), getattr(host, op)
+    for c, offs in enumerate(chunks):
+        order = ((m_op, t_model), (h_op, t_host))
+        for fn, times in order if c % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            for off in offs:
+                fn(n, off)
+            times[c] = time.perf_counter() - t0
+    return t_model, t_host
+
+
+def _seq_chunks() -> list[list[int]]:
+    per = SEQ_CHUNK // MIB
+    offs = list(range(0, FILE_SIZE, MIB)) * SEQ_PASSES
+    return [offs[i:i + per] for i in range(0, len(offs), per)]
+
+
+def _rand_chunks(seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, FILE_SIZE // (4 * KIB), (RAND_CHUNKS, RAND_CHUNK))
+    return (blocks * (4 * KIB)).tolist()  # type: ignore[no-any-return]
+
+
+def profile_4k(model: ModelSide, reads: int = 2000, top: int = 25) -> str:
+    """cProfile of ``reads`` random 4 KiB preads through the model: top functions by
+    cumulative time and by own time."""
+    offs = (np.random.default_rng(7).integers(0, FILE_SIZE // (4 * KIB), reads)
+            * (4 * KIB)).tolist()
+    prof = cProfile.Profile()
+    prof.enable()
+    for off in offs:
+        model.read(4 * KIB, off)
+    prof.disable()
+    out = io.StringIO()
+    st = pstats.Stats(prof, stream=out)
+    st.sort_stats("cumulative").print_stats(top)
+    st.sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+def measure(workdir: str) -> tuple[dict[str, float], ModelSide]:
+    """Run every workload; return the figures and the (open) model side."""
+    content = _content()
+    host = HostSide(os.path.join(workdir, "host-file"), content)
+    model = ModelSide(os.path.join(workdir, "model-disk"), content)
+    try:
+        for i in range(64):  # warm both paths
+            model.read(4 * KIB, i * 4 * KIB)
+            host.read(4 * KIB, i * 4 * KIB)
+            model.read(MIB, (i % 8) * MIB)
+            host.read(MIB, (i % 8) * MIB)
+        fig: dict[str, float] = {}
+        m, h = _interleaved(model, host, "read", 4 * KIB, _rand_chunks(1))
+        fig["lat"] = float(np.median(m / h))
+        fig["overhead_us"] = float(np.median(m - h)) / RAND_CHUNK * 1e6
+        with Sanitizer(model.k.pgdat, recipe="python bench/bench_dio.py") as san:
+            m, h = _interleaved(model, host, "read", 4 * KIB, _rand_chunks(2))
+            fig["lat_san"] = float(np.median(m / h))
+            san.check_quiescent()
+            san.assert_clean()
+        m, h = _interleaved(model, host, "read", MIB, _seq_chunks())
+        fig["read_1m"] = float(np.median(h / m))
+        m, h = _interleaved(model, host, "write", MIB, _seq_chunks())
+        fig["write_1m"] = float(np.median(h / m))
+        acq, rel = model.k.vmstat.pins()
+        assert acq == rel, (acq, rel)
+    finally:
+        host.close()
+    return fig, model
+
+
+def run() -> dict[str, dict[str, Any]]:
+    d = tempfile.mkdtemp(prefix="dioscope-bench-dio-", dir=_bench_dir())
+    try:
+        fig, model = measure(d)
+        try:
+            missed = (fig["read_1m"] < GOAL_THROUGHPUT or fig["write_1m"] < GOAL_THROUGHPUT
+                      or fig["lat"] > GOAL_LATENCY or fig["lat_san"] > GOAL_LATENCY_SANITIZED)
+            if missed:
+                got = ", ".join(f"{k} {v:.3f}" for k, v in fig.items())
+                print(f"bench_dio: a goal was missed ({got}); where the model's 4 KiB read "
+                      "goes:")
+                print(profile_4k(model))
+        finally:
+            model.close()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    return {
+        "dio.read_1m_throughput_ratio": {
+            "value": round(fig["read_1m"], 3), "unit": "model/host",
+            "goal": f">= {GOAL_THROUGHPUT}"},
+        "dio.write_1m_throughput_ratio": {
+            "value": round(fig["write_1m"], 3), "unit": "model/host",
+            "goal": f">= {GOAL_THROUGHPUT}"},
+        "dio.read_4k_latency_ratio": {
+            "value": round(fig["lat"], 3), "unit": "model/host", "goal": f"<= {GOAL_LATENCY}"},
+        "dio.read_4k_latency_ratio_sanitized": {
+            "value": round(fig["lat_san"], 3), "unit": "model/host",
+            "goal": f"<= {GOAL_LATENCY_SANITIZED}"},
+        "dio.syscall_overhead_us": {"value": round(fig["overhead_us"], 1), "unit": "us/syscall"},
+    }
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--profile"]:
+        _d = tempfile.mkdtemp(prefix="dioscope-bench-dio-", dir=_bench_dir())
+        try:
+            _m = ModelSide(os.path.join(_d, "model-disk"), _content())
+            print(profile_4k(_m))
+            _m.close()
+        finally:
+            shutil.rmtree(_d, ignore_errors=True)
+    else:
+        print(run())
