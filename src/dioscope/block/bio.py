@@ -53,6 +53,11 @@ __all__ = [
 ]
 
 UINT_MAX = 0xFFFFFFFF
+# Plain-int copies of the flags tested per call (IntFlag arithmetic is slow in Python).
+_BIO_CLONED = int(BIO_FLAG.BIO_CLONED)
+_BIO_PAGE_PINNED = int(BIO_FLAG.BIO_PAGE_PINNED)
+_BIO_NO_PAGE_REF = int(BIO_FLAG.BIO_NO_PAGE_REF)
+_FOLL_PIN, _FOLL_GET = int(FOLL.FOLL_PIN), int(FOLL.FOLL_GET)
 
 
 def bio_alloc(bdev: Any, nr_vecs: int, opf: int, pgdat: PgData | None = None) -> Bio | None:
@@ -91,7 +96,7 @@ def page_is_mergeable(bio: Bio, k: int, page: int, length: int, off: int) -> tup
 
 def __bio_try_merge_page(bio: Bio, page: int, length: int, off: int) -> tuple[bool, bool]:
     """``__bio_try_merge_page()``: merge into the last bvec. Return: (merged, same_page)."""
-    if bio.bio_flagged(BIO_FLAG.BIO_CLONED):
+    if bio.bi_flags & _BIO_CLONED:
         bio.pgdat.events.warn_once("__bio_try_merge_page", "merge into a cloned bio")
         return False, False
     if bio.bi_vcnt > 0:
@@ -132,7 +137,7 @@ def _release_one(bio: Bio, page: int, site: str) -> None:
     """``bio_release_page()``: drop what the bio took on one page, per profile."""
     pgdat = bio.pgdat
     if pgdat.cfg.IOV_ITER_EXTRACT:
-        if bio.bio_flagged(BIO_FLAG.BIO_PAGE_PINNED):
+        if bio.bi_flags & _BIO_PAGE_PINNED:
             unpin_user_page(pgdat, page, holder=bio.holder)
     elif pgdat.cfg.DIO_FOLL_PIN:
         unpin_user_page(pgdat, page, holder=bio.holder)
@@ -151,9 +156,9 @@ def bio_release_pages(bio: Bio, mark_dirty: bool) -> None:
     pgdat = bio.pgdat
     cfg = pgdat.cfg
     if cfg.IOV_ITER_EXTRACT:
-        if not bio.bio_flagged(BIO_FLAG.BIO_PAGE_PINNED):
+        if not bio.bi_flags & _BIO_PAGE_PINNED:
             return
-    elif bio.bio_flagged(BIO_FLAG.BIO_NO_PAGE_REF):
+    elif bio.bi_flags & _BIO_NO_PAGE_REF:
         return
     pages = bio.pages()
     if mark_dirty:
@@ -164,9 +169,9 @@ def bio_release_pages(bio: Bio, mark_dirty: bool) -> None:
                 continue  # [5.9] !PageCompound
             set_folio_dirty_lock(pgdat, head if cfg.IOV_ITER_EXTRACT else page)
     if cfg.DIO_FOLL_PIN:
-        gup_put_pages(pgdat, pages, int(FOLL.FOLL_PIN), bio.holder, "bio_release_pages")
+        gup_put_pages(pgdat, pages, _FOLL_PIN, bio.holder, "bio_release_pages")
     else:
-        gup_put_pages(pgdat, pages, int(FOLL.FOLL_GET), bio.holder, "bio_release_pages")
+        gup_put_pages(pgdat, pages, _FOLL_GET, bio.holder, "bio_release_pages")
 
 
 def bio_set_pages_dirty(bio: Bio) -> None:
@@ -404,7 +409,7 @@ def bio_iov_bvec_set(bio: Bio, it: IovIter) -> None:
                 bio.bi_vcnt -= 1
             k -= 1
     bio.bi_iter.bi_size = it.count
-    bio.bio_set_flag(BIO_FLAG.BIO_CLONED)
+    bio.bio_set_flag(_BIO_CLONED)
 
 
 def bio_iov_iter_get_pages(bio: Bio, it: IovIter, len_align_mask: int = 0) -> int:
@@ -422,7 +427,7 @@ def bio_iov_iter_get_pages(bio: Bio, it: IovIter, len_align_mask: int = 0) -> in
     pgdat = bio.pgdat
     cfg = pgdat.cfg
     if cfg.IOV_ITER_EXTRACT:
-        if bio.bio_flagged(BIO_FLAG.BIO_CLONED):
+        if bio.bi_flags & _BIO_CLONED:
             pgdat.events.warn_once("bio_iov_iter_get_pages", "cloned bio")
             return -errno.EIO
         if it.iter_type == ITER_TYPE.ITER_BVEC:
@@ -430,7 +435,7 @@ def bio_iov_iter_get_pages(bio: Bio, it: IovIter, len_align_mask: int = 0) -> in
             iov_iter_advance(it, bio.bi_iter.bi_size)
             return 0
         if iov_iter_extract_will_pin(it):
-            bio.bio_set_flag(BIO_FLAG.BIO_PAGE_PINNED)
+            bio.bio_set_flag(_BIO_PAGE_PINNED)
         ret = 0
         while True:
             ret = __bio_iov_iter_get_pages_6(bio, it)
@@ -451,7 +456,7 @@ def bio_iov_iter_get_pages(bio: Bio, it: IovIter, len_align_mask: int = 0) -> in
         if ret or not iov_iter_count(it) or bio_full(bio, 0):
             break
     if is_bvec:
-        bio.bio_set_flag(BIO_FLAG.BIO_NO_PAGE_REF)
+        bio.bio_set_flag(_BIO_NO_PAGE_REF)
     return 0 if bio.bi_vcnt else ret
 
 

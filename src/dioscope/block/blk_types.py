@@ -235,6 +235,14 @@ class Bio:
         ``bio_release_pages`` walks."""
         if not self.bi_vcnt:
             return np.empty(0, np.int64)
+        if self.bi_vcnt <= 4:  # a few bvecs: plain ints beat numpy's per-call overhead
+            out: list[int] = []
+            for page, lo in self.bi_io_vec[: self.bi_vcnt].tolist():
+                off = lo & 0xFFFFFFFF
+                first = page + (off >> PAGE_SHIFT)
+                n = ((off & (PAGE_SIZE - 1)) + (lo >> 32) + PAGE_SIZE - 1) >> PAGE_SHIFT
+                out.extend(range(first, first + n))
+            return np.array(out, np.int64)
         vec = self.bi_io_vec[: self.bi_vcnt]
         first = vec[:, 0] + ((vec[:, 1] & 0xFFFFFFFF) >> PAGE_SHIFT)
         off = (vec[:, 1] & 0xFFFFFFFF) & (PAGE_SIZE - 1)

@@ -42,6 +42,19 @@ _RWF_SUPPORTED = (
     | RWF.RWF_NOAPPEND | RWF.RWF_ATOMIC | RWF.RWF_DONTCACHE
 )
 _RWF_SUPPORTED_59 = RWF.RWF_HIPRI | RWF.RWF_DSYNC | RWF.RWF_SYNC | RWF.RWF_NOWAIT | RWF.RWF_APPEND
+# Plain-int copies of the flags used per call (IntFlag arithmetic is slow in Python).
+_NOT_SUPPORTED = ~int(_RWF_SUPPORTED)
+_NOT_SUPPORTED_59 = ~int(_RWF_SUPPORTED_59)
+_O_APPEND, _O_DIRECT, _O_DSYNC = int(OFLAG.O_APPEND), int(OFLAG.O_DIRECT), int(OFLAG.O_DSYNC)
+_O_SYNC_ONLY = int(OFLAG.O_SYNC) & ~int(OFLAG.O_DSYNC)
+_IOCB_APPEND, _IOCB_DIRECT = int(IOCB.IOCB_APPEND), int(IOCB.IOCB_DIRECT)
+_IOCB_DSYNC, _IOCB_SYNC = int(IOCB.IOCB_DSYNC), int(IOCB.IOCB_SYNC)
+_IOCB_NOWAIT, _IOCB_HIPRI = int(IOCB.IOCB_NOWAIT), int(IOCB.IOCB_HIPRI)
+_IOCB_WRITE = int(IOCB.IOCB_WRITE)
+_RWF_NOWAIT, _RWF_ATOMIC, _RWF_HIPRI = int(RWF.RWF_NOWAIT), int(RWF.RWF_ATOMIC), int(RWF.RWF_HIPRI)
+_RWF_DSYNC, _RWF_SYNC = int(RWF.RWF_DSYNC), int(RWF.RWF_SYNC)
+_RWF_APPEND, _RWF_NOAPPEND = int(RWF.RWF_APPEND), int(RWF.RWF_NOAPPEND)
+_FMODE_READ, _FMODE_WRITE = int(FMODE.FMODE_READ), int(FMODE.FMODE_WRITE)
 
 
 def _access_ok(base: int, length: int) -> bool:
@@ -83,14 +96,15 @@ def import_iovec(
 def iocb_flags(f: File) -> int:
     """``iocb_flags()``: kiocb flags implied by the open flags."""
     res = 0
-    if f.f_flags & OFLAG.O_APPEND:
-        res |= IOCB.IOCB_APPEND
-    if f.f_flags & OFLAG.O_DIRECT:
-        res |= IOCB.IOCB_DIRECT
-    if f.f_flags & OFLAG.O_DSYNC:
-        res |= IOCB.IOCB_DSYNC
-    if f.f_flags & (OFLAG.O_SYNC & ~OFLAG.O_DSYNC):
-        res |= IOCB.IOCB_SYNC
+    fl = int(f.f_flags)
+    if fl & _O_APPEND:
+        res |= _IOCB_APPEND
+    if fl & _O_DIRECT:
+        res |= _IOCB_DIRECT
+    if fl & _O_DSYNC:
+        res |= _IOCB_DSYNC
+    if fl & _O_SYNC_ONLY:
+        res |= _IOCB_SYNC
     return res
 
 
@@ -104,26 +118,28 @@ def kiocb_set_rw_flags(ki: Kiocb, flags: int, rw_type: int, v6: bool) -> int:
     a file without FMODE_NOWAIT → -EOPNOTSUPP (the model's files all support it).
     Return: 0 or -errno.
     """
-    supported = _RWF_SUPPORTED if v6 else _RWF_SUPPORTED_59
-    if flags & ~int(supported):
+    flags = int(flags)
+    if flags & (_NOT_SUPPORTED if v6 else _NOT_SUPPORTED_59):
         return -errno.EOPNOTSUPP
+    if not flags:
+        return 0
     kiocb_flags = 0
-    if flags & RWF.RWF_NOWAIT:
-        kiocb_flags |= IOCB.IOCB_NOWAIT
-    if flags & RWF.RWF_ATOMIC:
+    if flags & _RWF_NOWAIT:
+        kiocb_flags |= _IOCB_NOWAIT
+    if flags & _RWF_ATOMIC:
         return -errno.EOPNOTSUPP
-    if flags & RWF.RWF_HIPRI:
-        kiocb_flags |= IOCB.IOCB_HIPRI
-    if flags & RWF.RWF_DSYNC:
-        kiocb_flags |= IOCB.IOCB_DSYNC
-    if flags & RWF.RWF_SYNC:
-        kiocb_flags |= IOCB.IOCB_DSYNC | IOCB.IOCB_SYNC
-    if flags & RWF.RWF_APPEND:
-        if flags & RWF.RWF_NOAPPEND:
+    if flags & _RWF_HIPRI:
+        kiocb_flags |= _IOCB_HIPRI
+    if flags & _RWF_DSYNC:
+        kiocb_flags |= _IOCB_DSYNC
+    if flags & _RWF_SYNC:
+        kiocb_flags |= _IOCB_DSYNC | _IOCB_SYNC
+    if flags & _RWF_APPEND:
+        if flags & _RWF_NOAPPEND:
             return -errno.EINVAL
-        kiocb_flags |= IOCB.IOCB_APPEND
-    if flags & RWF.RWF_NOAPPEND:
-        ki.ki_flags &= ~int(IOCB.IOCB_APPEND)
+        kiocb_flags |= _IOCB_APPEND
+    if flags & _RWF_NOAPPEND:
+        ki.ki_flags &= ~_IOCB_APPEND
     ki.ki_flags |= kiocb_flags
     return 0
 
@@ -142,7 +158,7 @@ def _do_iter(f: File, it: IovIter, pos: int | None, rwf: int, write: bool) -> in
     """``do_iter_read()`` / ``do_iter_write()`` + ``do_iter_readv_writev()``, in the kernel's
     order: mode (EBADF), empty (0), ``rw_verify_area``, RWF flags (EOPNOTSUPP), the file."""
     pgdat = f.f_inode.pgdat
-    if not f.f_mode & (FMODE.FMODE_WRITE if write else FMODE.FMODE_READ):
+    if not f.f_mode & (_FMODE_WRITE if write else _FMODE_READ):
         return -errno.EBADF
     if f.f_inode.is_dir():
         return -errno.EISDIR  # generic_read_dir(); a directory is never open for writing
@@ -152,7 +168,7 @@ def _do_iter(f: File, it: IovIter, pos: int | None, rwf: int, write: bool) -> in
     ret = rw_verify_area(f, use_pos, it.count)
     if ret:
         return ret
-    ki = Kiocb(f, use_pos, iocb_flags(f) | (int(IOCB.IOCB_WRITE) if write else 0))
+    ki = Kiocb(f, use_pos, iocb_flags(f) | (_IOCB_WRITE if write else 0))
     ret = kiocb_set_rw_flags(ki, rwf, ITER_SOURCE if write else ITER_DEST,
                              pgdat.cfg.ITER_UBUF)
     if ret:
@@ -186,7 +202,7 @@ def vfs_read_write(f: File, buf: int, count: int, pos: int | None, write: bool,
     [5.9] ITER_IOVEC via ``import_single_range``).
     Return: bytes or -errno.
     """
-    if not f.f_mode & (FMODE.FMODE_WRITE if write else FMODE.FMODE_READ):
+    if not f.f_mode & (_FMODE_WRITE if write else _FMODE_READ):
         return -errno.EBADF
     if count < 0 or count > _SSIZE_MAX:
         return -errno.EINVAL if write else -errno.EFAULT

@@ -70,6 +70,16 @@ __all__ = [
 ]
 
 
+# Plain-int copies of the enum flags used per call (IntFlag arithmetic is slow in Python).
+_IOCB_WRITE, _IOCB_DSYNC = int(IOCB.IOCB_WRITE), int(IOCB.IOCB_DSYNC)
+_IOCB_NOWAIT = int(IOCB.IOCB_NOWAIT)
+_IOMAP_F_SHARED, _IOMAP_F_NEW = int(IOMAP_FLAGS.IOMAP_F_SHARED), int(IOMAP_FLAGS.IOMAP_F_NEW)
+_IOMAP_DIRECT, _IOMAP_WRITE = int(IOMAP_OP.IOMAP_DIRECT), int(IOMAP_OP.IOMAP_WRITE)
+_IOMAP_NOWAIT = int(IOMAP_OP.IOMAP_NOWAIT)
+_OPF_WRITE = int(REQ_OP.REQ_OP_WRITE) | int(REQ_FLAG.REQ_SYNC) | int(REQ_FLAG.REQ_IDLE)
+_OPF_READ = int(REQ_OP.REQ_OP_READ)
+
+
 class IOMAP_DIO:
     """``dio->flags`` (``fs/iomap/direct-io.c`` private bits and ``include/linux/iomap.h``)."""
 
@@ -152,7 +162,7 @@ def _iomap_dio_zero(dio: IomapDio, iomap: IoMap, pos: int, length: int) -> None:
     in vmstat), [6.18] nothing (the bio is not BIO_PAGE_PINNED)."""
     bdev = iomap.bdev
     pgdat = bdev.pgdat  # type: ignore[union-attr]
-    bio = bio_alloc(bdev, 1, REQ_OP.REQ_OP_WRITE | REQ_FLAG.REQ_SYNC | REQ_FLAG.REQ_IDLE)
+    bio = bio_alloc(bdev, 1, _OPF_WRITE)
     assert bio is not None
     bio.bi_iter.bi_sector = _sector(iomap, pos)
     cfg = pgdat.cfg
@@ -191,9 +201,9 @@ def _bio_actor(inode: Inode, pos: int, length: int, dio: IomapDio, iomap: IoMap,
     if iomap.type == IOMAP_TYPE.IOMAP_UNWRITTEN:
         dio.flags |= IOMAP_DIO.IOMAP_DIO_UNWRITTEN
         need_zeroout = True
-    if iomap.flags & IOMAP_FLAGS.IOMAP_F_SHARED:
+    if iomap.flags & _IOMAP_F_SHARED:
         dio.flags |= IOMAP_DIO.IOMAP_DIO_COW
-    if iomap.flags & IOMAP_FLAGS.IOMAP_F_NEW:
+    if iomap.flags & _IOMAP_F_NEW:
         need_zeroout = True
     write = bool(dio.flags & IOMAP_DIO.IOMAP_DIO_WRITE)
     orig_count = iov_iter_count(it)
@@ -214,8 +224,7 @@ def _bio_actor(inode: Inode, pos: int, length: int, dio: IomapDio, iomap: IoMap,
             iov_iter_revert(it, copied)
             copied = ret = 0
             break
-        opf = (REQ_OP.REQ_OP_WRITE | REQ_FLAG.REQ_SYNC | REQ_FLAG.REQ_IDLE) if write else (
-            REQ_OP.REQ_OP_READ)
+        opf = _OPF_WRITE if write else _OPF_READ
         bio = bio_alloc(bdev, nr_pages, opf)
         assert bio is not None
         bio.bi_iter.bi_sector = _sector(iomap, pos)
@@ -306,19 +315,19 @@ def iomap_dio_rw(iocb: Kiocb, it: IovIter, ops: IomapOps, dio_flags: int = 0) ->
     dio = IomapDio(iocb, inode.i_size)
     pos = iocb.ki_pos
     end = pos + count - 1
-    write = bool(iocb.ki_flags & IOCB.IOCB_WRITE)
-    iomap_flags = int(IOMAP_OP.IOMAP_DIRECT)
+    write = bool(iocb.ki_flags & _IOCB_WRITE)
+    iomap_flags = _IOMAP_DIRECT
     if not write:
         if pos >= dio.i_size:
             return 0
         if it.user_backed_iter():  # [5.9] iter_is_iovec(); [6.x] user_backed_iter()
             dio.flags |= IOMAP_DIO.IOMAP_DIO_DIRTY
     else:
-        iomap_flags |= int(IOMAP_OP.IOMAP_WRITE)
+        iomap_flags |= _IOMAP_WRITE
         dio.flags |= IOMAP_DIO.IOMAP_DIO_WRITE
-        if iocb.ki_flags & IOCB.IOCB_DSYNC:
+        if iocb.ki_flags & _IOCB_DSYNC:
             dio.flags |= IOMAP_DIO.IOMAP_DIO_NEED_SYNC
-    if iocb.ki_flags & IOCB.IOCB_NOWAIT:
+    if iocb.ki_flags & _IOCB_NOWAIT:
         # [5.9] any cached page in the range would block; [6.18] reads only care about pages
         # that need writeback, writes still refuse any cached page (kiocb_invalidate_pages).
         if write or not cfg.DIO_NOWAIT_READ_NEEDS_WRITEBACK:
@@ -327,7 +336,7 @@ def iomap_dio_rw(iocb: Kiocb, it: IovIter, ops: IomapOps, dio_flags: int = 0) ->
             busy = filemap.filemap_range_needs_writeback(mapping, pos, end)
         if busy:
             return -errno.EAGAIN
-        iomap_flags |= int(IOMAP_OP.IOMAP_NOWAIT)
+        iomap_flags |= _IOMAP_NOWAIT
     ret = filemap.filemap_write_and_wait_range(mapping, pos, end)
     if ret:
         return ret

@@ -66,6 +66,7 @@ _EXT4_FALLOC = int(
     FALLOC.FALLOC_FL_KEEP_SIZE | FALLOC.FALLOC_FL_PUNCH_HOLE | FALLOC.FALLOC_FL_COLLAPSE_RANGE
     | FALLOC.FALLOC_FL_ZERO_RANGE | FALLOC.FALLOC_FL_INSERT_RANGE)
 
+_IOCB_DIRECT, _IOCB_NOWAIT = int(IOCB.IOCB_DIRECT), int(IOCB.IOCB_NOWAIT)  # plain ints: fast
 
 # --- fallocate ----------------------------------------------------------------------------------
 def vfs_fallocate_checks(file: File, mode: int, offset: int, length: int) -> int:
@@ -210,7 +211,7 @@ class ModelFsFile:
             return generic_file_read_iter(iocb, it, self._legacy_direct_IO)
         if not iov_iter_count(it):
             return 0
-        if iocb.ki_flags & IOCB.IOCB_DIRECT:
+        if iocb.ki_flags & _IOCB_DIRECT:
             # ext4_dio_read_iter(): iomap_dio_rw(..., is_sync_kiocb(iocb)).
             engine = self.fs.sb.dio_engine_fn("iomap")
             return int(engine(iocb, it, self.fs.iomap_ops, 0))
@@ -225,14 +226,14 @@ class ModelFsFile:
             return -errno.EISDIR
         if self.legacy:
             return generic_file_write_iter(iocb, it, self._legacy_direct_IO)
-        if iocb.ki_flags & IOCB.IOCB_DIRECT:
+        if iocb.ki_flags & _IOCB_DIRECT:
             return self._dio_write_iter(iocb, it)
         return self._buffered_write_iter(iocb, it)
 
     def _buffered_write_iter(self, iocb: Kiocb, it: IovIter) -> int:
         """``ext4_buffered_write_iter()``: IOCB_NOWAIT is -EOPNOTSUPP (ext4 does not do
         non-blocking buffered writes)."""
-        if iocb.ki_flags & IOCB.IOCB_NOWAIT:
+        if iocb.ki_flags & _IOCB_NOWAIT:
             return -errno.EOPNOTSUPP
         ret = generic_write_checks(iocb, it)
         if ret <= 0:
@@ -281,7 +282,7 @@ class ModelFsFile:
         extend = offset + count > inode.i_size
         shared_ok = inode.pgdat.cfg.EXT4_DIO_SHARED_OVERWRITE
         overwrite, unwritten = self._overwrite_io(inode, offset, count, shared_ok)
-        if iocb.ki_flags & IOCB.IOCB_NOWAIT:
+        if iocb.ki_flags & _IOCB_NOWAIT:
             if extend or not overwrite or (unaligned and (unwritten or not shared_ok)):
                 return -errno.EAGAIN
         dio_flags = IOMAP_DIO_FORCE_WAIT if unaligned or extend else 0

@@ -72,6 +72,11 @@ IOMAP_DIO_UNWRITTEN = 1 << 0
 """``IOMAP_DIO_UNWRITTEN`` (``include/linux/iomap.h``): the Direct I/O wrote unwritten
 blocks; ``end_io`` must convert them."""
 
+# Plain-int copies of the enum flags used per call (IntFlag arithmetic is slow in Python).
+_IOMAP_WRITE = int(IOMAP_OP.IOMAP_WRITE)
+_IOMAP_WRITE_OR_DIRECT = int(IOMAP_OP.IOMAP_WRITE) | int(IOMAP_OP.IOMAP_DIRECT)
+_IOMAP_F_NEW, _IOMAP_F_DIRTY = int(IOMAP_FLAGS.IOMAP_F_NEW), int(IOMAP_FLAGS.IOMAP_F_DIRTY)
+
 
 class ModelFsInode(Inode):
     """``struct ext4_inode_info``: an inode with its block map and page cache."""
@@ -170,7 +175,7 @@ class ModelFsIomapOps:
         last = min((pos + length - 1) >> bits, EXT4_MAX_LOGICAL_BLOCK)
         n = last - lblk + 1
         res = None
-        if flags & IOMAP_OP.IOMAP_WRITE:
+        if flags & _IOMAP_WRITE:
             if pos + length <= inode.i_size:
                 found = ext4_map_blocks(inode, lblk, n, 0)
                 if not isinstance(found, int) and found.m_flags & MAP.MAPPED:
@@ -196,16 +201,16 @@ class ModelFsIomapOps:
         iomap.addr = (res.m_pblk << bits if iomap.type != IOMAP_TYPE.IOMAP_HOLE
                       else IOMAP_NULL_ADDR)
         if res.m_flags & MAP.NEW:
-            iomap.flags |= IOMAP_FLAGS.IOMAP_F_NEW
+            iomap.flags |= _IOMAP_F_NEW
         if inode.datasync_dirty or pos + length > inode.i_size:
-            iomap.flags |= IOMAP_FLAGS.IOMAP_F_DIRTY
+            iomap.flags |= _IOMAP_F_DIRTY
         return 0, iomap
 
     def iomap_end(self, inode: ModelFsInode, pos: int, length: int, written: int,
                   flags: int, iomap: IoMap) -> int:
         """``ext4_iomap_end()``: a Direct I/O write that wrote nothing of this mapping asks
         to be finished with buffered I/O (-ENOTBLK). Return: 0 or -ENOTBLK."""
-        if flags & (IOMAP_OP.IOMAP_WRITE | IOMAP_OP.IOMAP_DIRECT) and written == 0:
+        if flags & _IOMAP_WRITE_OR_DIRECT and written == 0:
             return -errno.ENOTBLK
         return 0
 
