@@ -39,6 +39,7 @@ TABLE: dict[str, tuple[bool, bool, bool]] = {
     "DIO_MEM_ALIGN_DMA": (False, False, True),
     "PLUG_MERGE_LAST_RQ": (False, False, True),
     "TRACE_RQ_IOPRIO": (False, False, True),
+    "IOMAP_ITER_DIO": (False, False, True),
     "BIO_SPLIT_DMA_ALIGN_CHECK": (False, False, True),
     "STATX_DIOALIGN": (False, False, True),
     "DIO_NOWAIT_READ_NEEDS_WRITEBACK": (False, False, True),

@@ -162,6 +162,13 @@ class Profile:
     fec2e705729d ("block: check for valid bio while splitting") (v6.18); measured on the
     host: docs/research-6.18-bio.md §3.5."""
 
+    IOMAP_ITER_DIO: bool = False
+    """``iomap_dio_rw`` walks the request with ``iomap_iter``: a read does not stop at i_size
+    but zero-fills the holes past EOF up to the requested length, reverting the iterator to
+    i_size only after the loop; False: the v5.9 ``iomap_apply`` loop stops at i_size.
+    [PATCH] "iomap: switch iomap_dio_rw to use iomap_iter" (Christoph Hellwig, v5.15);
+    measured on the host (docs/host-observations.md items 3, 11)."""
+
     TRACE_RQ_IOPRIO: bool = False
     """``block_rq_insert`` / ``_issue`` / ``_complete`` print the request's I/O priority
     (``be,0,4``) after ``sector + nr_sectors``. Linux commit aa6ff4eb7c10 ("block: Add
@@ -211,6 +218,7 @@ PROFILE_6_18 = Profile(
     THP_ON_HUGE_ZERO_WP=True,
     PLUG_MERGE_LAST_RQ=True,
     TRACE_RQ_IOPRIO=True,
+    IOMAP_ITER_DIO=True,
     BIO_SPLIT_DMA_ALIGN_CHECK=True,
     STATX_DIOALIGN=True,
     DIO_NOWAIT_READ_NEEDS_WRITEBACK=True,

@@ -368,12 +368,16 @@ def iomap_dio_rw(iocb: Kiocb, it: IovIter, ops: IomapOps, dio_flags: int = 0) ->
                 ret = written
                 break
             pos += written
-            if not write and pos >= dio.i_size:
-                # Only report data up to i_size; revert the iterator past it.
+            if not write and pos >= dio.i_size and not cfg.IOMAP_ITER_DIO:
+                # [5.9] iomap_apply loop: stop at i_size; revert the iterator past it.
                 iov_iter_revert(it, pos - dio.i_size)
                 break
     finally:
         blk_finish_plug(plug)
+    if cfg.IOMAP_ITER_DIO and not write and pos >= dio.i_size:
+        # [5.15+] iomap_iter walked the whole request (holes past EOF were zero-filled);
+        # only report data up to i_size and revert the iterator to match.
+        iov_iter_revert(it, pos - dio.i_size)
     if ret == -errno.ENOTBLK:
         ret = 0
     if ret < 0:
@@ -403,7 +407,22 @@ def _complete(dio: IomapDio, ops: IomapOps, inode: Inode, write: bool) -> int:
         if not write and offset + ret > dio.i_size:
             ret = dio.i_size - offset
         iocb.ki_pos += ret
+    if ret > 0 and dio.flags & IOMAP_DIO.IOMAP_DIO_NEED_SYNC:
+        ret = _generic_write_sync(iocb, ret)
     return ret
+
+
+def _generic_write_sync(iocb: Kiocb, count: int) -> int:
+    """``generic_write_sync()``: O_DSYNC / O_SYNC / RWF_(D)SYNC writes are made durable
+    before the call returns (``vfs_fsync_range`` over what was written).
+    Return: ``count``, or the fsync's -errno."""
+    f = iocb.ki_filp
+    fsync = getattr(f.f_op, "fsync", None)
+    if fsync is None:
+        return count
+    ret = fsync(f, not iocb.ki_flags & int(IOCB.IOCB_SYNC), iocb.ki_pos - count,
+                iocb.ki_pos - 1)
+    return int(ret) if ret else count
 
 
 register_dio_engine("iomap", iomap_dio_rw)

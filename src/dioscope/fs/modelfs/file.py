@@ -159,8 +159,8 @@ def ext4_fallocate(inode: ModelFsInode, mode: int, offset: int, length: int) -> 
     (blocks already there stay as they are; i_size grows to the end unless KEEP_SIZE), or
     punch a hole (PUNCH_HOLE | KEEP_SIZE).
 
-    SIMPLIFIED: ZERO_RANGE, COLLAPSE_RANGE and INSERT_RANGE are not modelled
-    (-EOPNOTSUPP, as for a mode ext4 does not know).
+    SIMPLIFIED: COLLAPSE_RANGE and INSERT_RANGE are not modelled (-EOPNOTSUPP, as for a
+    mode ext4 does not know).
     Return: 0, or -EOPNOTSUPP, -ENOSPC (what was allocated before stays, and i_size covers
     it).
     """
@@ -168,6 +168,8 @@ def ext4_fallocate(inode: ModelFsInode, mode: int, offset: int, length: int) -> 
         return -errno.EOPNOTSUPP
     if mode & FALLOC.FALLOC_FL_PUNCH_HOLE:
         return ext4_punch_hole(inode, offset, length)
+    if mode & FALLOC.FALLOC_FL_ZERO_RANGE:
+        return ext4_zero_range(inode, mode, offset, length)
     if mode & ~int(FALLOC.FALLOC_FL_KEEP_SIZE):
         return -errno.EOPNOTSUPP
     bits = inode.i_blkbits
@@ -186,6 +188,44 @@ def ext4_fallocate(inode: ModelFsInode, mode: int, offset: int, length: int) -> 
             if epos > inode.i_size:
                 inode.i_size = epos
                 inode.mark_metadata_dirty()
+    return 0
+
+
+def ext4_zero_range(inode: ModelFsInode, mode: int, offset: int, length: int) -> int:
+    """``ext4_zero_range()``: make ``[offset, offset + length)`` read as zeros without
+    writing them: the page cache over the range is written back and dropped, the partly
+    covered edge blocks are zeroed through the page cache, and the whole blocks inside become
+    unwritten extents (measured on the host: a Direct I/O read of the range pins nothing for
+    them). i_size grows to the end unless KEEP_SIZE.
+
+    SIMPLIFIED: whole blocks are freed and preallocated again as unwritten instead of being
+    converted in place (the same file contents, possibly other disk blocks).
+    Return: 0 or -errno.
+    """
+    mapping = inode.i_mapping
+    ret = filemap.filemap_write_and_wait_range(mapping, offset, offset + length - 1)
+    if ret:
+        return ret
+    bs = 1 << inode.i_blkbits
+    first = (offset + bs - 1) & ~(bs - 1)
+    stop = (offset + length) & ~(bs - 1)
+    if stop > first:
+        filemap.truncate_pagecache_range(inode, first, stop - 1)
+        freed = inode.ext.remove(first >> inode.i_blkbits, stop >> inode.i_blkbits)
+        if len(freed):
+            inode.fs.balloc.free(freed)
+    if offset < inode.i_size:
+        ret = _zero_partial_blocks(inode, offset, min(length, inode.i_size - offset))
+        if ret:
+            return ret
+    if stop > first:
+        keep = int(FALLOC.FALLOC_FL_KEEP_SIZE)
+        ret = ext4_fallocate(inode, keep, first, stop - first)
+        if ret:
+            return ret
+    if not mode & FALLOC.FALLOC_FL_KEEP_SIZE and offset + length > inode.i_size:
+        inode.i_size = offset + length
+    inode.mark_metadata_dirty()
     return 0
 
 
