@@ -221,3 +221,21 @@ def test_corpus_runs_clean_under_every_profile() -> None:
     assert failures == [], "\n".join(failures)
     assert code == 0
     assert re.fullmatch(r"\d+ passed, 0 failed", lines[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.host
+def test_corpus_diff_against_the_host_is_clean() -> None:
+    """CI, as root on Linux: ``dioscope diff scenarios/`` — every scenario agrees between the
+    host kernel and the model under 6.18 (model-only scenarios are skipped with the
+    reason)."""
+    from dioscope.difftest.host import host_unavailable
+
+    why = host_unavailable()
+    if why:
+        pytest.skip(f"the host cannot answer: {why}")
+    code, lines = _invoke("diff", str(ROOT / "scenarios"))
+    failures = [line for line in lines if line.startswith("FAIL ")]
+    assert failures == [], "\n".join(failures)
+    assert code == 0
+    assert re.fullmatch(r"\d+ passed, 0 failed(, \d+ skipped)?", lines[-1])
