@@ -96,7 +96,7 @@ class FileSyscalls:
         f.f_count -= 1  # fput()
         release = getattr(f.f_op, "release", None)
         if release is not None and f.f_count == 0:
-            release(f)
+            release(f.f_inode, f)  # ->release(inode, file)
 
     # --- read/write -----------------------------------------------------------------------
     def read(self, fd: int, buf: int, count: int) -> int:
@@ -163,6 +163,35 @@ class FileSyscalls:
         if write:
             return do_iter_write(f, it, offset, flags)
         return do_iter_read(f, it, offset, flags)
+
+    # --- pipes and splice ----------------------------------------------------------------
+    def pipe2(self, flags: int = 0) -> tuple[int, int]:
+        """``pipe2(2)``. Return: (read fd, write fd)."""
+        from ..fs.pipe import sys_pipe2
+
+        ret, ends = sys_pipe2(self.mm.pgdat, flags)
+        check(ret)
+        assert ends is not None
+        return self.files.install(ends[0]), self.files.install(ends[1])
+
+    def pipe(self) -> tuple[int, int]:
+        """``pipe(2)``, as ``os.pipe``."""
+        return self.pipe2(0)
+
+    def splice(self, fd_in: int, off_in: int | None, fd_out: int, off_out: int | None,
+               length: int, flags: int = 0) -> int:
+        """``splice(2)``: ``None`` offsets use and advance the file positions.
+        Return: bytes moved."""
+        from ..fs.splice import sys_splice
+
+        return check(sys_splice(self.files.get(fd_in), off_in, self.files.get(fd_out),
+                                off_out, length, flags))
+
+    def vmsplice(self, fd: int, iov: Sequence[tuple[int, int]], flags: int = 0) -> int:
+        """``vmsplice(2)``: user pages into (write end) or out of (read end) a pipe."""
+        from ..fs.splice import sys_vmsplice
+
+        return check(sys_vmsplice(self.files.get(fd), iov, flags, self.mm))
 
     # --- metadata -------------------------------------------------------------------------
     def lseek(self, fd: int, offset: int, whence: int) -> int:

@@ -29,7 +29,7 @@ from ..filemap_rw import (
     generic_write_checks,
     generic_write_sync,
 )
-from ..fs_types import FALLOC, FMODE, IOCB, File, Kiocb
+from ..fs_types import FALLOC, FMODE, IOCB, File, Inode, Kiocb
 from .extents import EXT4_MAX_LOGICAL_BLOCK, GET_BLOCKS, MAP, ext4_map_blocks
 from .inode import (
     ModelFsInode,
@@ -407,7 +407,7 @@ class ModelFsFile:
         assert isinstance(inode, ModelFsInode)
         return filemap.MappedFile(file.f_mapping, file.f_mode, inode.iget, inode.iput, file)
 
-    def release(self, file: File) -> None:
+    def release(self, _inode: Inode, file: File) -> None:
         """``ext4_release_file()`` + the final ``fput()``: drop the open file's inode
         reference (an unlinked file goes with its last user)."""
         inode = file.f_inode
