@@ -58,6 +58,7 @@ _BIO_CLONED = int(BIO_FLAG.BIO_CLONED)
 _BIO_PAGE_PINNED = int(BIO_FLAG.BIO_PAGE_PINNED)
 _BIO_NO_PAGE_REF = int(BIO_FLAG.BIO_NO_PAGE_REF)
 _FOLL_PIN, _FOLL_GET = int(FOLL.FOLL_PIN), int(FOLL.FOLL_GET)
+_PG_DIRTY = np.uint32(PG.PG_dirty)
 
 
 def bio_alloc(bdev: Any, nr_vecs: int, opf: int, pgdat: PgData | None = None) -> Bio | None:
@@ -180,7 +181,14 @@ def bio_set_pages_dirty(bio: Bio) -> None:
     pgdat = bio.pgdat
     p = pgdat.pages
     v6 = pgdat.cfg.IOV_ITER_EXTRACT
-    for page in bio.pages().tolist():
+    pages = bio.pages()
+    if not pgdat.hooks.tracepoints:  # no one listens: one vectorised PG_dirty store
+        if v6:
+            p.flags[p.head[pages]] |= _PG_DIRTY
+        else:
+            p.flags[pages[p.order[pages] == 0]] |= _PG_DIRTY
+        return
+    for page in pages.tolist():
         if not v6 and int(p.order[page]) > 0:
             continue
         set_folio_dirty_lock(pgdat, int(p.head[page]) if v6 else page)
@@ -311,41 +319,74 @@ def __bio_iov_iter_get_pages_6(bio: Bio, it: IovIter) -> int:
     if size <= 0:
         return size if size else -errno.EFAULT
     nr_pages = (offset + size + PAGE_SIZE - 1) // PAGE_SIZE
+    # Plain ints for the per-page walk (numpy scalar access per page is slow); the pages
+    # are read before any bvec write can reach their slots, as in the kernel.
+    extracted = pages[:nr_pages]
+    pl = extracted.tolist()
+    hl = p.head[extracted].tolist()
+    vec = bio.bi_io_vec
+    bi_iter = bio.bi_iter
+    cloned = bio.bi_flags & _BIO_CLONED
+    max_vecs = bio.bi_max_vecs
+    vcnt = bio.bi_vcnt
+    bi_size = bi_iter.bi_size
+    # The last bvec: the physical address just past it, and bytes merged into it not yet
+    # written back to bi_io_vec.
+    last_end = -1
+    if vcnt and not cloned:
+        lpage, llo = vec[vcnt - 1].tolist()
+        last_end = (lpage << PAGE_SHIFT) + (llo & 0xFFFFFFFF) + (llo >> 32)
+    pending = 0
     left = size
     i = 0
     first = True
     while left > 0:
-        page = int(pages[i])
-        head = int(p.head[page])
+        page = pl[i]
+        head = hl[i]
         # get_contig_folio_len(): following extracted pages of the same folio, in order.
         n = 1
         span = PAGE_SIZE - offset
-        while (
-            span < left
-            and i + n < nr_pages
-            and int(pages[i + n]) == page + n
-            and int(p.head[page + n]) == head
-        ):
+        while span < left and i + n < nr_pages and pl[i + n] == page + n and hl[i + n] == head:
             n += 1
             span += PAGE_SIZE
-        length = min(span, left)
-        vcnt = bio.bi_vcnt
-        if bio.bi_iter.bi_size > UINT_MAX - length:
+        length = span if span < left else left
+        if bi_size > UINT_MAX - length:
             break
-        merged, _same = __bio_try_merge_page(bio, page, length, offset)
-        if not merged:
-            if bio.bi_vcnt >= bio.bi_max_vecs:
+        # __bio_try_merge_page(): into the last bvec when it ends where this chunk starts.
+        if cloned:
+            pgdat.events.warn_once("__bio_try_merge_page", "merge into a cloned bio")
+            merged = False
+        else:
+            merged = vcnt > 0 and last_end == (page << PAGE_SHIFT) + offset
+        if merged:
+            pending += length
+            bi_size += length
+            last_end += length
+            if first and offset:
+                _release_one(bio, page, "bio_iov_add_folio")
+        else:
+            if vcnt >= max_vecs:
                 break
-            __bio_add_page(bio, page, length, offset)
-        elif first and offset and bio.bi_vcnt == vcnt:
-            _release_one(bio, page, "bio_iov_add_folio")
+            if pending:
+                vec[vcnt - 1, 1] += pending << 32
+                pending = 0
+            # __bio_add_page()
+            vec[vcnt, 0] = page
+            vec[vcnt, 1] = (length << 32) | offset
+            vcnt += 1
+            bi_size += length
+            last_end = (page << PAGE_SHIFT) + offset + length
         first = False
         offset = 0
         left -= length
         i += n
+    if pending:
+        vec[vcnt - 1, 1] += pending << 32
+    bio.bi_vcnt = vcnt
+    bi_iter.bi_size = bi_size
     iov_iter_revert(it, left)
     while i < nr_pages:
-        _release_one(bio, int(pages[i]), "__bio_iov_iter_get_pages")
+        _release_one(bio, pl[i], "__bio_iov_iter_get_pages")
         i += 1
     return 0
 
