@@ -23,6 +23,7 @@ a driver calling ``blk_update_request`` with the good part and then the error do
 
 from __future__ import annotations
 
+import abc
 import mmap
 import os
 from dataclasses import dataclass, field
@@ -93,7 +94,7 @@ class ShortTransfer(Fault):
     _at: int = field(default=0, init=False, repr=False)
 
 
-class BlockDevice:
+class BlockDevice(abc.ABC):
     """A disk: its queue and the driver contract. Subclasses move the bytes."""
 
     def __init__(self, pgdat: PgData, capacity: int | str, *, limits: QueueLimits | None = None,
@@ -194,26 +195,26 @@ class BlockDevice:
             self._flush()
         self.cq.post(rq, done, status)
 
+    @abc.abstractmethod
     def _transfer(self, write: bool, offset: int, phys: list[int], lens: list[int]) -> int:
         """Move ``lens[i]`` bytes at physical ``phys[i]`` to (``write``) or from the disk,
         the pieces back to back from byte ``offset``.
 
         Return: bytes moved (fewer on a device error).
         """
-        raise NotImplementedError
 
     def _flush(self) -> None:
         """Make written data durable (PREFLUSH / FUA / REQ_OP_FLUSH)."""
         self.flushes += 1
 
     # --- model-only access to the medium --------------------------------------------------
+    @abc.abstractmethod
     def read_disk(self, offset: int, length: int) -> bytes:
         """The bytes on the medium (not a kernel operation: for tests and checkers)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def write_disk(self, offset: int, data: bytes) -> None:
         """Put bytes on the medium behind the block layer's back (test setup)."""
-        raise NotImplementedError
 
 
 class MemDevice(BlockDevice):
