@@ -48,8 +48,10 @@ from dioscope.mm.mmap import (
     MAP_ANONYMOUS,
     MAP_FIXED,
     MAP_PRIVATE,
+    MAP_SHARED,
     PROT_NONE,
     PROT_READ,
+    PROT_WRITE,
 )
 from dioscope.mm.page_alloc import ZERO_PFN
 from dioscope.sanitizer import Sanitizer
@@ -1099,3 +1101,39 @@ def test_hole_then_ragged_data_extent(profile: str, engine: str) -> None:
     assert head == (bytes(8192) if engine == "iomap" else b"\xee" * 8192)
     assert rig.p.read_user(b + 8192, 4196) == b"\xee" * 4196
     assert rig.done() == (0, 0)
+
+
+# --- model bugs found end to end -----------------------------------------------------------------
+XFAIL_PLUG = (
+    "folio_wait_bit (mm/page_writeback.py) sleeps by running the completion queue without "
+    "flushing the task's block plug, which Linux's io_schedule does first (sched_submit_work "
+    "-> blk_flush_plug, kernel/sched/core.c), so the page-cache read that a GUP fault "
+    "submits under the Direct I/O's plug is never issued: BUG, and the read fails with EFAULT")
+
+
+@pytest.mark.parametrize(("profile", "engine"), cases(FS_ENGINES, xfail={
+    (p, e): XFAIL_PLUG for p in PROFILES for e in FS_ENGINES}))
+@pytest.mark.parametrize("which", ["same-file", "other-file"])
+def test_gup_fault_reads_under_the_plug(profile: str, engine: str, which: str) -> None:
+    """An O_DIRECT read into a MAP_SHARED mapping of a file page that is allocated but not
+    cached: GUP faults the page in, which reads it from the disk while the Direct I/O's plug
+    is held; sleeping on the locked page flushes the plug, the read completes, and the Direct
+    I/O lands in the page cache page (dirtied at completion). Found by test_fs_stateful.py."""
+    rig = Rig(profile, engine)
+    want = rig.file(2 * P)
+    other = rig.fs.create_file("g", 2 * P) if which == "other-file" else rig.ino
+    name = "g" if which == "other-file" else "f"
+    fd = rig.open()
+    mfd = rig.p.open("/" + name, os.O_RDWR)
+    dfd = rig.p.open("/" + name, RDWR_DIRECT)
+    b = rig.buf(P, fill=0x33)
+    assert rig.p.pwrite(dfd, b, P, P) == P  # block 1 is on disk, its page not cached
+    assert other.i_mapping.lookup(1) == -1
+    m = rig.p.mmap(2 * P, PROT_READ | PROT_WRITE, MAP_SHARED, fd=mfd)
+    rig.start()
+    out = rig.call(rig.p.pread, fd, m + P, P, 0)
+    pins = (0, 0) if profile == "5.9" else (1, 3) if (profile, engine) == ("6.18", "legacy") \
+        else (3, 3) if engine == "legacy" else (1, 1)
+    assert (out.ret, out.pins) == (P, pins)
+    assert rig.p.read_user(m + P, P) == want[:P]
+    rig.done()
