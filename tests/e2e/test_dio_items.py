@@ -414,6 +414,38 @@ def test_item27_untouched_buffer_write(profile: str, engine: str) -> None:
     assert rig.done() == by(UNTOUCHED_WRITE, engine, profile)
 
 
+UNTOUCHED_THP_WRITE = {
+    "iomap": {"5.9": (0, 0), "5.9-pin": (256, 256), "6.18": (256, 256)},
+    "raw": {"5.9": (0, 0), "5.9-pin": (256, 256), "6.18": (256, 256)},
+    "legacy": {"5.9": (0, 0), "5.9-pin": (768, 768), "6.18": (256, 768)},
+}
+
+
+@pytest.mark.parametrize("engine", ALL_ENGINES)
+def test_item27_untouched_thp_buffer_write_pins_the_huge_zero_folio(profile: str,
+                                                                    engine: str) -> None:
+    """Item 27's exemption is the small zero page's only: a never-touched 2 MiB-aligned
+    MADV_HUGEPAGE source maps the huge zero folio, which 6.18 pins like any large folio —
+    +256 on its pincount and refcount while in flight, [256,256] (host-observations item
+    10; the spec says [0,0] for 6.5+)."""
+    rig = Rig(profile, engine)
+    rig.file(4 * MiB)
+    fd = rig.open()
+    b = rig.buf(MiB, touch=False, thp=True)
+    rig.p.touch(b, 1)  # a read fault maps the huge zero folio (the model allocates it now)
+    hz = rig.pgdat.huge_zero_pfn
+    assert hz >= 0 and (rig.pfns(b, MiB) == np.arange(hz, hz + 256)).all()
+    rig.start([hz])
+    out = rig.call(rig.p.pwrite, fd, b, MiB, rig.pos(0))
+    assert (out.ret, out.pins) == (MiB, by(UNTOUCHED_THP_WRITE, engine, profile))
+    assert out.issued
+    for iss in out.issued:
+        assert int(iss.ref[0]) == 256
+        assert int(iss.pincount[0]) == (0 if profile == "5.9" else 256)
+    assert rig.disk_bytes(0, MiB) == bytes(MiB)
+    assert rig.done() == by(UNTOUCHED_THP_WRITE, engine, profile)
+
+
 # --- item 28: a read of a hole --------------------------------------------------------------------
 @pytest.mark.parametrize("engine", FS_ENGINES)
 def test_item28_hole_read(profile: str, engine: str) -> None:
