@@ -357,4 +357,4 @@ def test_fs_state_machine(profile: str, engine: str) -> None:
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("profile", PROFILES)
 def test_fs_state_machine_long(profile: str, engine: str) -> None:
-    run(profile, engine, 300, 50)
+    run(profile, engine, 150, 40)
