@@ -116,8 +116,17 @@ class ModelFs:
                 f"{self.balloc.free_blocks} blocks free)")
 
     def wait_io(self) -> bool:
-        """How the filesystem's tasks sleep on I/O: run the device's completion context.
-        Return: whether anything completed."""
+        """How the filesystem's tasks sleep on I/O (``io_schedule``): first flush the task's
+        block plug, as ``sched_submit_work`` -> ``blk_flush_plug`` does before a task sleeps
+        (``kernel/sched/core.c``) — a page-cache read submitted under a Direct I/O's plug
+        (a GUP fault on a file mapping) must reach the device — then run the device's
+        completion context. Return: whether anything completed."""
+        from ...block.blk_mq import blk_mq_flush_plug_list
+        from ...kernel.task import current
+
+        plug = current().plug
+        if plug is not None and plug.mq_list:
+            blk_mq_flush_plug_list(plug)
         return self.bdev.cq.run() > 0
 
     # --- names ------------------------------------------------------------------------------
