@@ -1136,15 +1136,7 @@ def test_hole_then_ragged_data_extent(profile: str, engine: str) -> None:
 
 
 # --- model bugs found end to end -----------------------------------------------------------------
-XFAIL_PLUG = (
-    "folio_wait_bit (mm/page_writeback.py) sleeps by running the completion queue without "
-    "flushing the task's block plug, which Linux's io_schedule does first (sched_submit_work "
-    "-> blk_flush_plug, kernel/sched/core.c), so the page-cache read that a GUP fault "
-    "submits under the Direct I/O's plug is never issued: BUG, and the read fails with EFAULT")
-
-
-@pytest.mark.parametrize(("profile", "engine"), cases(FS_ENGINES, xfail={
-    (p, e): XFAIL_PLUG for p in PROFILES for e in FS_ENGINES}))
+@pytest.mark.parametrize(("profile", "engine"), cases(FS_ENGINES))
 @pytest.mark.parametrize("which", ["same-file", "other-file"])
 def test_gup_fault_reads_under_the_plug(profile: str, engine: str, which: str) -> None:
     """An O_DIRECT read into a MAP_SHARED mapping of a file page that is allocated but not
