@@ -186,6 +186,25 @@ def _want_pages_array(pages: np.ndarray | None, size: int, start: int,
     return count, pages
 
 
+def _user_pages(i: IovIter, pages: np.ndarray | None, maxsize: int, maxpages: int, pin: bool,
+                holder: object) -> AllocResult:
+    """The user-backed half of ``__iov_iter_get_pages_alloc()`` (FOLL_GET) and of
+    ``iov_iter_extract_user_pages()`` (FOLL_PIN) [6.x]: the first non-empty segment's pages,
+    as many as ``maxpages`` allows; the iterator advanced by what was taken."""
+    piece = i.first_segment(maxsize)
+    assert piece is not None and i.mm is not None
+    _k, addr, maxsize = piece
+    offset = addr % PAGE_SIZE
+    n, pages = _want_pages_array(pages, maxsize, offset, maxpages)
+    gup = pin_user_pages_fast if pin else get_user_pages_fast
+    res = gup(i.mm, addr & PAGE_MASK, n, _gup_flags(i), pages, holder=holder)
+    if res <= 0:
+        return res, pages, offset
+    maxsize = min(maxsize, res * PAGE_SIZE - offset)
+    iov_iter_advance(i, maxsize)
+    return maxsize, pages, offset
+
+
 def _get_pages2(i: IovIter, pages: np.ndarray | None, maxsize: int, maxpages: int,
                 holder: object) -> AllocResult:
     maxsize = min(maxsize, i.count)
@@ -193,18 +212,7 @@ def _get_pages2(i: IovIter, pages: np.ndarray | None, maxsize: int, maxpages: in
         return 0, pages, 0
     maxsize = min(maxsize, MAX_RW_COUNT)
     if i.user_backed_iter():
-        piece = i.first_segment(maxsize)
-        assert piece is not None and i.mm is not None
-        _k, addr, maxsize = piece
-        start = addr % PAGE_SIZE
-        n, pages = _want_pages_array(pages, maxsize, start, maxpages)
-        res = get_user_pages_fast(i.mm, addr & PAGE_MASK, n, _gup_flags(i), pages,
-                                  holder=holder)
-        if res <= 0:
-            return res, pages, start
-        maxsize = min(maxsize, res * PAGE_SIZE - start)
-        iov_iter_advance(i, maxsize)
-        return maxsize, pages, start
+        return _user_pages(i, pages, maxsize, maxpages, False, holder)
     if i.iter_type == ITER_TYPE.ITER_BVEC:
         piece = i.first_segment(maxsize)
         assert piece is not None
@@ -265,18 +273,7 @@ def iov_iter_extract_pages(i: IovIter, pages: np.ndarray | None, maxsize: int, m
         return 0, pages, 0
     t = i.iter_type
     if i.user_backed_iter():
-        piece = i.first_segment(maxsize)
-        assert piece is not None and i.mm is not None
-        _k, addr, maxsize = piece
-        offset = addr % PAGE_SIZE
-        n, pages = _want_pages_array(pages, maxsize, offset, maxpages)
-        res = pin_user_pages_fast(i.mm, addr & PAGE_MASK, n, _gup_flags(i), pages,
-                                  holder=holder)
-        if res <= 0:
-            return res, pages, offset
-        maxsize = min(maxsize, res * PAGE_SIZE - offset)
-        iov_iter_advance(i, maxsize)
-        return maxsize, pages, offset
+        return _user_pages(i, pages, maxsize, maxpages, True, holder)
     if t == ITER_TYPE.ITER_KVEC:
         piece = i.first_segment(maxsize)
         assert piece is not None
