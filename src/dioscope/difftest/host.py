@@ -29,13 +29,13 @@ from dioscope.difftest import libc as L
 from dioscope.difftest import tracefs, verify, vmstat
 from dioscope.difftest.hostmem import UNMAPPED, MemReader, new_mapping, prot_bits
 from dioscope.difftest.results import ScenarioResult, StepResult
+from dioscope.difftest.runner import StepAddressing
 from dioscope.scenarios import content
 from dioscope.scenarios.format import (
     FALLOC_WORDS,
     IO_OPS,
     READ_OPS,
     RWF_WORDS,
-    VECTOR_OPS,
     WRITE_OPS,
     FileSpec,
     Scenario,
@@ -127,8 +127,10 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64] or "_"
 
 
-class HostRun:
+class HostRun(StepAddressing):
     """One run of one scenario in the current process (see ``run_host`` for the entry)."""
+
+    run_error = HostRunError
 
     def __init__(
         self,
@@ -177,27 +179,6 @@ class HostRun:
         self.mem.close()
 
     # ---------------------------------------------------------------- addresses
-
-    def _mapping(self, name: str) -> Any:
-        if name not in self.maps:
-            raise HostRunError(f'mapping "{name}" does not exist (its mmap step failed)')
-        return self.maps[name]
-
-    def _addr(self, base: str | int, off: int) -> int:
-        if isinstance(base, int):
-            return base + off
-        return int(self._mapping(base).addr) + off
-
-    def _segments(self, step: Step) -> list[tuple[int, int]]:
-        a = step.args
-        if step.op in VECTOR_OPS:
-            return [(self._addr(s.base, s.offset), s.length) for s in a["iov"]]
-        return [(self._addr(a["buf"], a["at"]), a["length"])]
-
-    def _fd(self, name: str) -> _Fd:
-        if name not in self.fds:
-            raise HostRunError(f'fd "{name}" does not exist (its open step failed)')
-        return self.fds[name]
 
     # ---------------------------------------------------------------- steps
 
@@ -286,9 +267,6 @@ class HostRun:
             a["name"], addr, a["length"], prot, "private" in a["flags"], fd < 0
         )
         return 0, 0
-
-    def _mem_range(self, step: Step) -> tuple[Any, int, int]:
-        return self._mapping(step.args["buf"]), step.args["at"], step.args["length"]
 
     def _op_fill(self, step: Step) -> tuple[int, int]:
         m, at, length = self._mem_range(step)

@@ -34,6 +34,7 @@ from dioscope.block.devices import MemDevice
 from dioscope.difftest import verify
 from dioscope.difftest.hostmem import UNMAPPED, HostMapping, new_mapping, prot_bits
 from dioscope.difftest.results import ScenarioResult, StepResult, crash_sentence
+from dioscope.difftest.runner import StepAddressing
 from dioscope.fs.fs_types import OFLAG
 from dioscope.fs.modelfs import MODELFS_BLOCKSIZE, ModelFs
 from dioscope.kernel.task import running
@@ -347,8 +348,10 @@ class _Fd:
     name: str
 
 
-class ModelRun:
+class ModelRun(StepAddressing):
     """One run of one scenario under one profile (``run_model`` is the entry point)."""
+
+    run_error = ModelRunError
 
     def __init__(self, scenario: Scenario, profile: str, limits: QueueLimits | None = None,
                  *, bios: bool = False, explain: bool = False) -> None:
@@ -398,27 +401,6 @@ class ModelRun:
                 return
 
     # ---------------------------------------------------------------- addresses
-
-    def _mapping(self, name: str) -> HostMapping:
-        if name not in self.maps:
-            raise ModelRunError(f'mapping "{name}" does not exist (its mmap step failed)')
-        return self.maps[name]
-
-    def _addr(self, base: str | int, off: int) -> int:
-        if isinstance(base, int):
-            return base + off
-        return self._mapping(base).addr + off
-
-    def _segments(self, step: Step) -> list[tuple[int, int]]:
-        a = step.args
-        if step.op in VECTOR_OPS:
-            return [(self._addr(s.base, s.offset), s.length) for s in a["iov"]]
-        return [(self._addr(a["buf"], a["at"]), a["length"])]
-
-    def _fd(self, name: str) -> _Fd:
-        if name not in self.fds:
-            raise ModelRunError(f'fd "{name}" does not exist (its open step failed)')
-        return self.fds[name]
 
     # ---------------------------------------------------------------- steps
 
@@ -569,9 +551,6 @@ class ModelRun:
             p.munmap(start + length, tail)
         p.madvise(start, length, MADV_HUGEPAGE)
         return start
-
-    def _mem_range(self, step: Step) -> tuple[HostMapping, int, int]:
-        return self._mapping(step.args["buf"]), step.args["at"], step.args["length"]
 
     def _op_fill(self, step: Step) -> tuple[int, int]:
         m, at, length = self._mem_range(step)

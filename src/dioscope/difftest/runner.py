@@ -1,0 +1,44 @@
+"""What the host and model scenario runners share: resolving mapping names, hex addresses,
+iovec lists and fd names of a step (the LKMM pattern: one scenario, two back ends)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dioscope.scenarios.format import VECTOR_OPS, Step
+
+__all__ = ["StepAddressing"]
+
+
+class StepAddressing:
+    """A mixin: ``self.maps`` (name → mapping with ``.addr``) and ``self.fds`` (name → fd
+    record) are the runner's; ``run_error`` is the exception it raises when a step names
+    something an earlier step failed to make."""
+
+    maps: dict[str, Any]
+    fds: dict[str, Any]
+    run_error: type[Exception] = RuntimeError
+
+    def _mapping(self, name: str) -> Any:
+        if name not in self.maps:
+            raise self.run_error(f'mapping "{name}" does not exist (its mmap step failed)')
+        return self.maps[name]
+
+    def _addr(self, base: str | int, off: int) -> int:
+        if isinstance(base, int):
+            return base + off
+        return int(self._mapping(base).addr) + off
+
+    def _segments(self, step: Step) -> list[tuple[int, int]]:
+        a = step.args
+        if step.op in VECTOR_OPS:
+            return [(self._addr(s.base, s.offset), s.length) for s in a["iov"]]
+        return [(self._addr(a["buf"], a["at"]), a["length"])]
+
+    def _fd(self, name: str) -> Any:
+        if name not in self.fds:
+            raise self.run_error(f'fd "{name}" does not exist (its open step failed)')
+        return self.fds[name]
+
+    def _mem_range(self, step: Step) -> tuple[Any, int, int]:
+        return self._mapping(step.args["buf"]), step.args["at"], step.args["length"]
