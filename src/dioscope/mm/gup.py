@@ -21,7 +21,6 @@ import numpy as np
 from ..kernel.types import PAGE_MASK, PAGE_SHIFT, TASK_SIZE
 from .gup_core import (
     FOLL,
-    free_zeroed,
     gup_put_pages,
     set_folio_dirty_lock,
     try_grab_pages,
@@ -493,22 +492,7 @@ def unpin_user_pages(
     if npages < 0:
         pgdat.events.warn("unpin_user_pages", f"npages is an error value ({npages})")
         return
-    arr = pages[:npages]
-    p = pgdat.pages
-    small = p.small.take(arr)
-    if npages and small[small.argmin()]:
-        # Every entry is an order-0 page (no NULL, no zero page, no compound page): each is
-        # its own head and gives back the 1024 bias. Duplicates count (subtract.at).
-        if pgdat.hooks.active:
-            pgdat.hooks.release("pin", arr, holder, "unpin_user_pages")
-        pgdat.vmstat.nr_foll_pin_released += npages
-        rc = p.refcount
-        np.subtract.at(rc, arr, _BIAS[:npages] if npages <= 512 else np.int32(1024))
-        post = rc.take(arr)
-        if post[post.argmin()] <= 0:
-            free_zeroed(pgdat, arr, post, "unpin_user_pages")
-        return
-    gup_put_pages(pgdat, arr, _FOLL_PIN, holder, "unpin_user_pages")
+    gup_put_pages(pgdat, pages[:npages], _FOLL_PIN, holder, "unpin_user_pages")
 
 
 def unpin_user_pages_dirty_lock(
