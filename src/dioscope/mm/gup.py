@@ -86,39 +86,16 @@ def _gup_fast_unique(
     if len(fl) != nr_pages or fl[fl.argmin()] < (PTE_FAST_WRITE if write else PTE_FAST_READ):
         return -1
     pfns = vma.pt_pfn[s0 : s0 + nr_pages]
-    rc = pgdat.pages.refcount
-    p0 = int(pfns[pfns.argmin()])
-    inc = 1024 if pin else 1
-    if int(pfns[pfns.argmax()]) - p0 == nr_pages - 1:
-        # nr_pages distinct pfns between p0 and p0 + nr_pages - 1: the run is exactly that
-        # frame range (in some order), so a slice does the scatter.
-        run = rc[p0 : p0 + nr_pages]
-        run += np.int32(inc)
-        if run[run.argmin()] <= inc:
-            # A refcount was <= 0 or wrapped past INT32_MAX: undo, take the exact path.
-            run -= np.int32(inc)
-            return -1
-    else:
-        unit = (_BIAS if pin else _ONES)[:nr_pages]
-        np.add.at(rc, pfns, unit)
-        post = rc.take(pfns)
-        if post[post.argmin()] <= inc:
-            np.subtract.at(rc, pfns, unit)
-            return -1
-    pages[:nr_pages] = pfns
+    k = try_grab_unique_small(pgdat, pfns, _FOLL_PIN if pin else _FOLL_GET, holder,
+                              "pin_user_pages_fast" if pin else "get_user_pages_fast")
+    if not k:
+        return -1  # the first page cannot be grabbed: the general path gives the errno
+    pages[:k] = pfns[:k]
     if pin:
-        pgdat.vmstat.nr_foll_pin_acquired += nr_pages
         mm.has_pinned = True
-    if pgdat.hooks.active:
-        pgdat.hooks.acquire(
-            "pin" if pin else "get", pages[:nr_pages].copy(), holder,
-            "pin_user_pages_fast" if pin else "get_user_pages_fast",
-        )
-    return nr_pages
+    return k
 
 
-_BIAS = np.full(512, 1024, np.int32)
-_ONES = np.ones(512, np.int32)
 _FAST_ALLOWED_59 = (
     FOLL.FOLL_WRITE | FOLL.FOLL_LONGTERM | FOLL.FOLL_FORCE | FOLL.FOLL_PIN | FOLL.FOLL_GET
     | FOLL.FOLL_FAST_ONLY

@@ -162,25 +162,34 @@ def try_grab_unique_small(
     """:func:`try_grab_pages` for pages known to be distinct small exclusive anon pages.
 
     The GUP-fast common case (PTE_FASTPIN): no compound heads, no duplicates, no zero page,
-    so the whole batch is one scatter. Falls back to the general path near overflow.
+    so the whole batch is one update — a slice when the pfns are exactly a frame range
+    (distinct values whose min and max are ``n - 1`` apart), else one scatter. Falls back to
+    the exact path near overflow (a refcount <= 0 or wrapping past INT32_MAX).
+    Return: entries grabbed, in order.
     """
     rc = pgdat.pages.refcount
     pin = flags & _FOLL_PIN
     n = len(pfns)
-    unit = (_BIAS if pin else _ONES)[:n] if n <= 512 else np.int32(1024 if pin else 1)
-    np.add.at(rc, pfns, unit)
-    post = rc.take(pfns)
-    if post[post.argmin()] <= (1024 if pin else 1):
-        # Some page had refcount <= 0, or wrapped past INT32_MAX: undo, take the exact path.
-        np.subtract.at(rc, pfns, unit)
-        return try_grab_pages(pgdat, pfns, flags, holder, site)
+    inc = 1024 if pin else 1
+    p0 = int(pfns[pfns.argmin()])
+    if int(pfns[pfns.argmax()]) - p0 == n - 1:
+        run = rc[p0 : p0 + n]
+        run += np.int32(inc)
+        if run[run.argmin()] <= inc:
+            run -= np.int32(inc)
+            return try_grab_pages(pgdat, pfns, flags, holder, site)
+    else:
+        unit = (_BIAS if pin else _ONES)[:n] if n <= 512 else np.int32(inc)
+        np.add.at(rc, pfns, unit)
+        post = rc.take(pfns)
+        if post[post.argmin()] <= inc:
+            np.subtract.at(rc, pfns, unit)
+            return try_grab_pages(pgdat, pfns, flags, holder, site)
     if pin:
-        pgdat.vmstat.nr_foll_pin_acquired += len(pfns)
-        if pgdat.hooks.active:
-            pgdat.hooks.acquire("pin", pfns, holder, site)
-    elif pgdat.hooks.active:
-        pgdat.hooks.acquire("get", pfns, holder, site)
-    return len(pfns)
+        pgdat.vmstat.nr_foll_pin_acquired += n
+    if pgdat.hooks.active:
+        pgdat.hooks.acquire("pin" if pin else "get", pfns.copy(), holder, site)
+    return n
 
 
 def gup_put_pages(
