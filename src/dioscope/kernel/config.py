@@ -169,6 +169,12 @@ class Profile:
     [PATCH] "iomap: switch iomap_dio_rw to use iomap_iter" (Christoph Hellwig, v5.15);
     measured on the host (docs/host-observations.md items 3, 11)."""
 
+    DIO_READ_REQ_SYNC: bool = False
+    """iomap Direct I/O read bios carry REQ_SYNC | REQ_IDLE like its writes (current
+    ``iomap_dio_bio_iter`` starts ``bio_opf`` from REQ_SYNC | REQ_IDLE for both; the host's
+    ``block_bio_queue`` shows ``RS``); False: a plain REQ_OP_READ (v5.9
+    ``iomap_dio_bio_actor``). The commit that changed it is not identified yet."""
+
     TRACE_RQ_IOPRIO: bool = False
     """``block_rq_insert`` / ``_issue`` / ``_complete`` print the request's I/O priority
     (``be,0,4``) after ``sector + nr_sectors``. Linux commit aa6ff4eb7c10 ("block: Add
@@ -219,6 +225,7 @@ PROFILE_6_18 = Profile(
     PLUG_MERGE_LAST_RQ=True,
     TRACE_RQ_IOPRIO=True,
     IOMAP_ITER_DIO=True,
+    DIO_READ_REQ_SYNC=True,
     BIO_SPLIT_DMA_ALIGN_CHECK=True,
     STATX_DIOALIGN=True,
     DIO_NOWAIT_READ_NEEDS_WRITEBACK=True,

@@ -78,6 +78,7 @@ _IOMAP_DIRECT, _IOMAP_WRITE = int(IOMAP_OP.IOMAP_DIRECT), int(IOMAP_OP.IOMAP_WRI
 _IOMAP_NOWAIT = int(IOMAP_OP.IOMAP_NOWAIT)
 _OPF_WRITE = int(REQ_OP.REQ_OP_WRITE) | int(REQ_FLAG.REQ_SYNC) | int(REQ_FLAG.REQ_IDLE)
 _OPF_READ = int(REQ_OP.REQ_OP_READ)
+_OPF_READ_SYNC = _OPF_READ | int(REQ_FLAG.REQ_SYNC) | int(REQ_FLAG.REQ_IDLE)
 
 
 class IOMAP_DIO:
@@ -224,7 +225,7 @@ def _bio_actor(inode: Inode, pos: int, length: int, dio: IomapDio, iomap: IoMap,
             iov_iter_revert(it, copied)
             copied = ret = 0
             break
-        opf = _OPF_WRITE if write else _OPF_READ
+        opf = _OPF_WRITE if write else (_OPF_READ_SYNC if cfg.DIO_READ_REQ_SYNC else _OPF_READ)
         bio = bio_alloc(bdev, nr_pages, opf)
         assert bio is not None
         bio.bi_iter.bi_sector = _sector(iomap, pos)
