@@ -35,7 +35,6 @@ from dioscope.scenarios.format import (
     FALLOC_WORDS,
     IO_OPS,
     READ_OPS,
-    RWF_WORDS,
     WRITE_OPS,
     FileSpec,
     Scenario,
@@ -336,25 +335,9 @@ class HostRun(StepAddressing):
         return L.pwrite(self._fd(step.args["fd"]).fd, addr, n, step.args["offset"])
 
     def _vec(self, step: Step, write: bool, v2: bool) -> tuple[int, int]:
-        flags = None
-        if v2:
-            flags = 0
-            for w in step.args["rwf"]:
-                flags |= RWF_WORDS[w]
+        flags = self._rwf(step) if v2 else None
         fn = L.pwritev2 if write else L.preadv2
         return fn(self._fd(step.args["fd"]).fd, self._segments(step), step.args["offset"], flags)
-
-    def _op_preadv(self, step: Step) -> tuple[int, int]:
-        return self._vec(step, False, False)
-
-    def _op_pwritev(self, step: Step) -> tuple[int, int]:
-        return self._vec(step, True, False)
-
-    def _op_preadv2(self, step: Step) -> tuple[int, int]:
-        return self._vec(step, False, True)
-
-    def _op_pwritev2(self, step: Step) -> tuple[int, int]:
-        return self._vec(step, True, True)
 
     def _op_ftruncate(self, step: Step) -> tuple[int, int]:
         return _os_call(os.ftruncate, self._fd(step.args["fd"]).fd, step.args["length"])

@@ -59,7 +59,6 @@ from dioscope.scenarios.format import (
     IO_OPS,
     PROFILES,
     READ_OPS,
-    RWF_WORDS,
     VECTOR_OPS,
     WRITE_OPS,
     DeviceSpec,
@@ -488,22 +487,8 @@ class ModelRun(StepAddressing):
         off = _s64(step.args["offset"])
         if not v2:
             return _call(self.proc.pwritev if write else self.proc.preadv, fd, iov, off)
-        flags = 0
-        for w in step.args["rwf"]:
-            flags |= RWF_WORDS[w]
-        return _call(self.proc.pwritev2 if write else self.proc.preadv2, fd, iov, off, flags)
-
-    def _op_preadv(self, step: Step) -> tuple[int, int]:
-        return self._vec(step, False, False)
-
-    def _op_pwritev(self, step: Step) -> tuple[int, int]:
-        return self._vec(step, True, False)
-
-    def _op_preadv2(self, step: Step) -> tuple[int, int]:
-        return self._vec(step, False, True)
-
-    def _op_pwritev2(self, step: Step) -> tuple[int, int]:
-        return self._vec(step, True, True)
+        return _call(self.proc.pwritev2 if write else self.proc.preadv2, fd, iov, off,
+                     self._rwf(step))
 
     def _op_ftruncate(self, step: Step) -> tuple[int, int]:
         return _call(self.proc.ftruncate, self._fd(step.args["fd"]).fd,

@@ -1,11 +1,12 @@
 """What the host and model scenario runners share: resolving mapping names, hex addresses,
-iovec lists and fd names of a step (the LKMM pattern: one scenario, two back ends)."""
+iovec lists and fd names of a step, and the dispatch of the vector ops onto the back end's
+``_vec`` (the LKMM pattern: one scenario, two back ends)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from dioscope.scenarios.format import VECTOR_OPS, Step
+from dioscope.scenarios.format import RWF_WORDS, VECTOR_OPS, Step
 
 __all__ = ["StepAddressing"]
 
@@ -42,3 +43,27 @@ class StepAddressing:
 
     def _mem_range(self, step: Step) -> tuple[Any, int, int]:
         return self._mapping(step.args["buf"]), step.args["at"], step.args["length"]
+
+    @staticmethod
+    def _rwf(step: Step) -> int:
+        """The step's ``rwf`` words as RWF_* bits."""
+        flags = 0
+        for w in step.args["rwf"]:
+            flags |= RWF_WORDS[w]
+        return flags
+
+    def _vec(self, step: Step, write: bool, v2: bool) -> tuple[int, int]:
+        """The back end's preadv/pwritev(2): (ret, errno)."""
+        raise TypeError(f"{type(self).__name__} must implement _vec")
+
+    def _op_preadv(self, step: Step) -> tuple[int, int]:
+        return self._vec(step, False, False)
+
+    def _op_pwritev(self, step: Step) -> tuple[int, int]:
+        return self._vec(step, True, False)
+
+    def _op_preadv2(self, step: Step) -> tuple[int, int]:
+        return self._vec(step, False, True)
+
+    def _op_pwritev2(self, step: Step) -> tuple[int, int]:
+        return self._vec(step, True, True)
