@@ -10,12 +10,11 @@ per-page count is back to its recorded value, no page is missing from the free l
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import numpy as np
 import pytest
 
 from dioscope.machine import Kernel
+from dioscope.sanitizer.snapshot import MemSnapshot
 
 PROFILE_NAMES = ("5.9", "5.9-pin", "6.18")
 MEM = "32M"
@@ -27,47 +26,8 @@ def k(request: pytest.FixtureRequest) -> Kernel:
     return Kernel(MEM, request.param)
 
 
-@dataclass
-class MemState:
-    """Per-page counts and global counters of one machine at one moment."""
-
-    refcount: np.ndarray
-    pincount: np.ndarray
-    mapcount: np.ndarray
-    entire_mapcount: np.ndarray
-    nr_free: int
-    acquired: int
-    released: int
-
-    @classmethod
-    def of(cls, k: Kernel) -> MemState:
-        p = k.pgdat.pages
-        acq, rel = k.vmstat.pins()
-        return cls(
-            p.refcount.copy(),
-            p.pincount.copy(),
-            p.mapcount.copy(),
-            p.entire_mapcount.copy(),
-            k.pgdat.nr_free(),
-            acq,
-            rel,
-        )
-
-    def assert_restored(self, k: Kernel) -> None:
-        """Every count is back to this snapshot's value and the pin counters balance."""
-        now = MemState.of(k)
-        for field in ("refcount", "pincount", "mapcount", "entire_mapcount"):
-            was, is_ = getattr(self, field), getattr(now, field)
-            bad = np.flatnonzero(was != is_)
-            assert not len(bad), (
-                f"{field} changed on {len(bad)} page(s); first pfn {int(bad[0]):#x}: "
-                f"{int(was[bad[0]])} -> {int(is_[bad[0]])} ({k.pgdat.pages.describe(int(bad[0]))})"
-            )
-        assert now.nr_free == self.nr_free, "free page count changed"
-        assert now.acquired - now.released == self.acquired - self.released, (
-            f"pins unbalanced: acquired {self.acquired}->{now.acquired}, "
-            f"released {self.released}->{now.released}"
-        )
+MemState = MemSnapshot
+"""The mm tests check every count: refcount, pincount, mapcount, entire_mapcount."""
 
 
 @pytest.fixture
