@@ -422,33 +422,16 @@ def bio_iov_iter_align_down(bio: Bio, it: IovIter, len_align_mask: int) -> int:
 
 
 def bio_iov_bvec_set(bio: Bio, it: IovIter) -> None:
-    """``bio_iov_bvec_set()`` [5.12+]: point the bio at the caller's bvec array (no refs).
+    """``bio_iov_bvec_set()`` [5.12+]: the bio uses the caller's bvec array as it is (no
+    reference, BIO_CLONED); the iterator's offset into its first bvec becomes
+    ``bi_bvec_done`` and its count ``bi_size``.
 
-    SIMPLIFIED: the model copies the bvec rows instead of sharing the array.
+    SIMPLIFIED: the model copies the remaining bvec rows instead of sharing the array.
     """
-    n = min(it.nr_segs, bio.bi_max_vecs) if bio.bi_max_vecs else it.nr_segs
-    rows = it.segs[it._seg : it._seg + max(n, it.nr_segs)]
-    bio.bi_io_vec = rows.copy()
-    bio.bi_max_vecs = len(rows)
-    bio.bi_vcnt = len(rows)
-    if len(rows) and it.iov_offset:
-        # The first bvec starts iov_offset bytes in.
-        lo = int(bio.bi_io_vec[0, 1])
-        bio.bi_io_vec[0, 1] = (((lo >> 32) - it.iov_offset) << 32) | (
-            (lo & 0xFFFFFFFF) + it.iov_offset)
-    total = int((bio.bi_io_vec[:, 1] >> 32).sum()) if len(rows) else 0
-    if total > it.count:
-        # Trim the last bvec so the bio covers exactly count bytes.
-        excess = total - it.count
-        k = len(rows) - 1
-        while excess > 0 and k >= 0:
-            blen = int(bio.bi_io_vec[k, 1]) >> 32
-            cut = min(blen, excess)
-            bio.bi_io_vec[k, 1] -= cut << 32
-            excess -= cut
-            if blen == cut:
-                bio.bi_vcnt -= 1
-            k -= 1
+    bio.bi_io_vec = it.segs[it._seg : it._seg + it.nr_segs].copy()
+    bio.bi_max_vecs = bio.bi_vcnt = it.nr_segs
+    bio.bi_iter.bi_idx = 0
+    bio.bi_iter.bi_bvec_done = it.iov_offset
     bio.bi_iter.bi_size = it.count
     bio.bio_set_flag(_BIO_CLONED)
 
