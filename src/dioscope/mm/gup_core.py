@@ -24,13 +24,13 @@ import enum
 import numpy as np
 
 from .page import PG
-from .page_alloc import PgData, free_pages
+from .page_alloc import PgData
+from .page_ref import free_zeroed, put_pages
 
 __all__ = [
     "FOLL",
     "INT32_MAX",
     "folio_maybe_dma_pinned",
-    "free_zeroed",
     "gup_put_pages",
     "page_maybe_dma_pinned",
     "try_grab_pages",
@@ -239,20 +239,11 @@ def gup_put_pages(
             np.subtract.at(p.pincount, heads[large], np.int32(1))
         np.subtract.at(p.refcount, heads, dec)
     else:
-        if pgdat.hooks.active:
-            pgdat.hooks.release("get", pages, holder, site)
-        np.subtract.at(p.refcount, heads, np.int32(1))
+        put_pages(pgdat, pages, holder=holder, site=site)
+        return
     post = p.refcount.take(heads)
     if post.min() <= 0:
         free_zeroed(pgdat, heads, post, site)
-
-
-def free_zeroed(pgdat: PgData, heads: np.ndarray, post: np.ndarray, site: str) -> None:
-    """Free each distinct folio in ``heads`` whose refcount (``post``) reached exactly zero."""
-    rc = pgdat.pages.refcount
-    for h in np.unique(heads[post == 0]).tolist():
-        if int(rc[h]) == 0:
-            free_pages(pgdat, int(h), site)
 
 
 def set_folio_dirty_lock(pgdat: PgData, folio: int) -> None:

@@ -18,6 +18,7 @@ from .page_alloc import PgData, free_pages
 __all__ = [
     "drop_refs",
     "folio_put_refs",
+    "free_zeroed",
     "get_page",
     "page_count",
     "page_ref_add",
@@ -92,6 +93,13 @@ def drop_refs(pgdat: PgData, pages: np.ndarray, site: str) -> None:
     np.subtract.at(p.refcount, heads, np.int32(1))
     after = p.refcount.take(heads)
     if after.min() <= 0:
-        for h in np.unique(heads[after == 0]).tolist():
-            if int(p.refcount[h]) == 0:
-                free_pages(pgdat, int(h), site)
+        free_zeroed(pgdat, heads, after, site)
+
+
+def free_zeroed(pgdat: PgData, heads: np.ndarray, post: np.ndarray, site: str) -> None:
+    """Free each distinct folio in ``heads`` whose refcount (``post``) reached exactly zero."""
+    rc = pgdat.pages.refcount
+    for h in np.unique(heads[post == 0]).tolist():
+        if int(rc[h]) == 0:
+            free_pages(pgdat, int(h), site)
+
