@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dioscope.kernel.types import HPAGE_PMD_SIZE, MAX_PAGE_ORDER, PAGE_SIZE
 from dioscope.machine import Kernel
@@ -19,6 +21,7 @@ from dioscope.mm.page_alloc import (
     alloc_pages,
     alloc_pages_bulk,
     free_pages,
+    free_pages_bulk,
     free_pages_check,
 )
 from dioscope.mm.page_ref import folio_put_refs, page_count, put_page, put_pages
@@ -293,3 +296,61 @@ def test_thp_sized_mapping_frees_its_folio_on_munmap():
     proc.munmap(a, HPAGE_PMD_SIZE)
     assert k.pgdat.nr_free() == n0
     assert k.events.events == []
+
+
+def _state(k: Kernel) -> tuple:
+    p = k.pgdat.pages
+    return (free_blocks(k), k.pgdat.nr_free(), p.flags.tobytes(), p.head.tobytes(),
+            p.small.tobytes(), p.pin_unit.tobytes())
+
+
+@settings(max_examples=60, deadline=None)
+@given(keep=st.lists(st.booleans(), min_size=300, max_size=300),
+       order=st.permutations(range(300)))
+def test_free_pages_bulk_reaches_the_state_one_by_one_frees_reach(keep, order):
+    """Free a random subset of 300 order-0 pages (the rest stay allocated, so buddies are
+    sometimes free, sometimes in the batch, sometimes busy): in one batch on one machine, one
+    by one in a random order on another. Free blocks, counts and page state must be equal."""
+    machines = [Kernel("8M"), Kernel("8M")]
+    batches = []
+    for k in machines:
+        pfns = alloc_pages_bulk(k.pgdat, 300)
+        k.pgdat.pages.refcount[pfns] = 0
+        batches.append(pfns)
+    assert (batches[0] == batches[1]).all()
+    chosen = batches[0][np.array(keep)]
+    free_pages_bulk(machines[0].pgdat, np.sort(chosen))
+    for i in order:
+        if keep[i]:
+            free_pages(machines[1].pgdat, int(batches[1][i]))
+    assert _state(machines[0]) == _state(machines[1])
+    if len(chosen) == 300:
+        assert machines[0].pgdat.nr_free() == boot_free(Kernel("8M"))
+
+
+def test_free_pages_bulk_leaks_a_bad_page_and_frees_the_rest():
+    k = Kernel("32M")
+    pfns = alloc_pages_bulk(k.pgdat, 4)
+    k.pgdat.pages.refcount[pfns] = 0
+    k.pgdat.pages.pincount[pfns[1]] = 1  # a pinned page: bad_page()
+    before = k.pgdat.nr_free()
+    free_pages_bulk(k.pgdat, pfns)
+    bugs = k.events.of_kind("BUG")
+    assert [b.site for b in bugs] == ["bad_page"] and "nonzero pincount 1" in bugs[0].message
+    assert k.pgdat.nr_free() == before + 3
+    assert k.pgdat.buddy_order[pfns[1]] == -1
+
+
+def test_free_pages_bulk_with_hooks_reports_each_folio():
+    k = Kernel("32M")
+    seen: list[tuple[list[int], int, str]] = []
+
+    class Obs:
+        def on_free(self, pfns, order, site):
+            seen.append((pfns.tolist(), order, site))
+
+    pfns = alloc_pages_bulk(k.pgdat, 3)
+    k.pgdat.pages.refcount[pfns] = 0
+    k.pgdat.hooks.subscribe(Obs())
+    free_pages_bulk(k.pgdat, pfns, "test")
+    assert seen == [([int(x)], 0, "test") for x in pfns]

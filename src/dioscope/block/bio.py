@@ -319,6 +319,10 @@ def __bio_iov_iter_get_pages_6(bio: Bio, it: IovIter) -> int:
     if size <= 0:
         return size if size else -errno.EFAULT
     nr_pages = (offset + size + PAGE_SIZE - 1) // PAGE_SIZE
+    if nr_pages >= _VEC_ADD_MIN and not bio.bi_flags & _BIO_CLONED and (
+        bio.bi_iter.bi_size <= UINT_MAX - size
+    ):
+        return _bio_add_extracted_runs(bio, it, pages[:nr_pages], offset, size)
     # Plain ints for the per-page walk (numpy scalar access per page is slow); the pages
     # are read before any bvec write can reach their slots, as in the kernel.
     extracted = pages[:nr_pages]
@@ -388,6 +392,70 @@ def __bio_iov_iter_get_pages_6(bio: Bio, it: IovIter) -> int:
     while i < nr_pages:
         _release_one(bio, pl[i], "__bio_iov_iter_get_pages")
         i += 1
+    return 0
+
+
+_VEC_ADD_MIN = 8
+"""From this many extracted pages on, :func:`__bio_iov_iter_get_pages_6` adds them with array
+operations (:func:`_bio_add_extracted_runs`) instead of a walk page by page."""
+
+
+def _bio_add_extracted_runs(bio: Bio, it: IovIter, extracted: np.ndarray, offset: int,
+                            size: int) -> int:
+    """The page walk of [6.18] ``__bio_iov_iter_get_pages()`` done on whole arrays; the same
+    bvecs, pins and iterator position as the walk, for a bio that is not cloned and cannot
+    overflow ``bi_size``.
+
+    Why the folio grouping drops out: ``get_contig_folio_len()`` groups pages that follow
+    each other physically inside one folio, and ``bio_add_folio()`` then merges a chunk into
+    the last bvec whenever it starts where that bvec ends (``bvec_try_merge_page()`` tests
+    physical contiguity only). So the bvecs are exactly the runs of physically consecutive
+    pages, the first run merging into the bio's last bvec when it continues it. A bio with
+    too few free slots keeps the runs that fit; the pages of the others are released and
+    their bytes given back to the iterator, as the walk's ``break`` does.
+    """
+    vec = bio.bi_io_vec
+    bi_iter = bio.bi_iter
+    vcnt = bio.bi_vcnt
+    nr = len(extracted)
+    # Byte position of each page's first byte in the extraction; page i ends where i+1 starts.
+    starts = np.arange(nr, dtype=np.int64) * PAGE_SIZE - offset
+    starts[0] = 0
+    run_first = np.flatnonzero(np.diff(extracted) != 1) + 1
+    run_first = np.concatenate(([0], run_first))
+    ends = np.empty(len(run_first), np.int64)
+    ends[:-1] = starts[run_first[1:]]
+    ends[-1] = size
+    lens = ends - starts[run_first]
+    first_page = int(extracted[0])
+    merge = False
+    if vcnt:
+        lpage, llo = vec[vcnt - 1].tolist()
+        last_end = (lpage << PAGE_SHIFT) + (llo & 0xFFFFFFFF) + (llo >> 32)
+        merge = last_end == (first_page << PAGE_SHIFT) + offset
+    if merge:
+        vec[vcnt - 1, 1] += int(lens[0]) << 32
+        if offset:  # the page the last bvec ended in: its new pin goes at once
+            _release_one(bio, first_page, "bio_iov_add_folio")
+    new_first = 1 if merge else 0
+    room = bio.bi_max_vecs - vcnt
+    keep = min(len(run_first) - new_first, room)
+    kept_runs = new_first + keep
+    if keep > 0:
+        add = slice(new_first, kept_runs)
+        offs = np.zeros(keep, np.int64)
+        if not merge:
+            offs[0] = offset
+        vec[vcnt : vcnt + keep, 0] = extracted[run_first[add]]
+        vec[vcnt : vcnt + keep, 1] = (lens[add] << 32) | offs
+    added = int(ends[kept_runs - 1]) if kept_runs else 0
+    bio.bi_vcnt = vcnt + keep
+    bi_iter.bi_size += added
+    left = size - added
+    iov_iter_revert(it, left)
+    if left:
+        for page in extracted[int(run_first[kept_runs]):].tolist():
+            _release_one(bio, page, "__bio_iov_iter_get_pages")
     return 0
 
 

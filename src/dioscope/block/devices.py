@@ -52,6 +52,10 @@ __all__ = [
     "host_file_device",
 ]
 
+BOUNCE_READ_SEGS = 1
+BOUNCE_WRITE_SEGS = 128
+"""A FileDevice read or write of more segments than these goes through its bounce buffer
+(:meth:`FileDevice._transfer`)."""
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 _OP_DRV_IN, _OP_DRV_OUT = int(REQ_OP.REQ_OP_DRV_IN), int(REQ_OP.REQ_OP_DRV_OUT)
 _OP_READ, _OP_WRITE, _OP_FLUSH = (int(REQ_OP.REQ_OP_READ), int(REQ_OP.REQ_OP_WRITE),
@@ -295,6 +299,8 @@ class FileDevice(BlockDevice):
                 self.direct_fd = None
         self.direct_requests = 0
         self.buffered_requests = 0
+        self._bounce: memoryview | None = None
+        self._bounce_map: mmap.mmap | None = None
 
     def close(self) -> None:
         for fd in (self.fd, self.direct_fd):
@@ -320,11 +326,54 @@ class FileDevice(BlockDevice):
             acc |= p | n
         return not acc & m
 
+    def _bounce_for(self, nbytes: int) -> memoryview:
+        """The device's page-aligned bounce buffer, at least ``nbytes`` long."""
+        if self._bounce is None or len(self._bounce) < nbytes:
+            size = max(nbytes, 1 << 20)
+            self._bounce_map = mmap.mmap(-1, size)
+            self._bounce = memoryview(self._bounce_map)
+        return self._bounce[:nbytes]
+
     def _transfer(self, write: bool, offset: int, phys: list[int], lens: list[int]) -> int:
+        """Move one request's segments with ``preadv``/``pwritev`` on the backing file.
+
+        A host ``preadv`` costs more the more iovecs it has (measured on this VM's virtio
+        disk, O_DIRECT, 1 MiB: 1 iovec 375 µs, 8 iovecs 530, 72 iovecs 660, 256 iovecs 850;
+        through a contiguous bounce buffer plus the scatter 400–480 µs); a ``pwritev`` only
+        notices beyond ~128 iovecs (230 µs up to 72, 310 at 256, 295 bounced). So a read of
+        more than ``BOUNCE_READ_SEGS`` segments, or a write of more than
+        ``BOUNCE_WRITE_SEGS``, moves through a bounce buffer: which host calls carry the
+        bytes is the device's business; the bytes that reach model memory and the disk are
+        the same.
+        """
         mem = self.pgdat.mem.view
-        bufs = [mem[p : p + n] for p, n in zip(phys, lens)]
+        if len(phys) > (BOUNCE_WRITE_SEGS if write else BOUNCE_READ_SEGS):
+            total = sum(lens)
+            bounce = self._bounce_for(total)
+            if write:
+                o = 0
+                for p, n in zip(phys, lens):
+                    bounce[o : o + n] = mem[p : p + n]
+                    o += n
+                return self._move(True, offset, [bounce], self._aligned(offset, [0], [total]))
+            done = self._move(False, offset, [bounce], self._aligned(offset, [0], [total]))
+            o = 0
+            for p, n in zip(phys, lens):
+                if o >= done:
+                    break
+                k = min(n, done - o)
+                mem[p : p + k] = bounce[o : o + k]
+                o += k
+            return done
+        return self._move(write, offset, [mem[p : p + n] for p, n in zip(phys, lens)],
+                          self._aligned(offset, phys, lens))
+
+    def _move(self, write: bool, offset: int, bufs: list[memoryview], aligned: bool) -> int:
+        """``preadv``/``pwritev`` of ``bufs`` at ``offset``: O_DIRECT when ``aligned`` (memory,
+        lengths and offset), buffered otherwise or when the host refuses; short transfers
+        continued. Return: bytes moved."""
         fd = self.fd
-        if self.direct_fd is not None and self._aligned(offset, phys, lens):
+        if self.direct_fd is not None and aligned:
             fd = self.direct_fd
             self.direct_requests += 1
         else:

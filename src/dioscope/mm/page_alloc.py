@@ -30,6 +30,7 @@ __all__ = [
     "alloc_pages",
     "alloc_pages_bulk",
     "free_pages",
+    "free_pages_bulk",
 ]
 
 ZERO_PFN = 0
@@ -277,3 +278,65 @@ def free_pages(pgdat: PgData, pfn: int, site: str = "__folio_put") -> bool:
     pgdat.vmstat.nr_free_pages += n
     _free_one_block(pgdat, pfn, order)
     return True
+
+
+def free_pages_bulk(pgdat: PgData, pfns: np.ndarray, site: str = "free_unref_folios") -> None:
+    """Free many order-0 folios whose refcount has reached zero, at once: what
+    ``folios_put_refs()`` → ``free_unref_folios()`` does with a batch (mm/swap.c,
+    mm/page_alloc.c, v6.2+; ``release_pages()`` before).
+
+    ``pfns`` must be distinct order-0 heads. A page that fails :func:`free_pages_check` goes
+    through :func:`free_pages` alone (BUG event, leaked); the others are reset together and
+    merged with their buddies order by order: two pages of this batch that are buddies merge
+    with each other, a page whose buddy is already free merges with it, the rest go on the
+    free list of that order. The free state reached is the one freeing them one by one
+    reaches (buddy merging does not depend on the order of frees); only the order of entries
+    on the free lists differs. With hooks attached each folio is freed and reported alone.
+    """
+    if not len(pfns):
+        return
+    if pgdat.hooks.active:
+        for pfn in pfns.tolist():
+            free_pages(pgdat, pfn, site)
+        return
+    p = pgdat.pages
+    bad = ((p.flags.take(pfns) & np.uint32(PG.PG_reserved)) != 0) | (p.pincount.take(pfns) != 0)
+    bad |= (p.entire_mapcount.take(pfns) != 0) | (p.mapcount.take(pfns) != 0)
+    bad |= (p.refcount.take(pfns) != 0) | (p.order.take(pfns) != 0)
+    if bad.any():
+        for pfn in pfns[bad].tolist():
+            free_pages(pgdat, pfn, site)
+        pfns = pfns[~bad]
+    p.flags[pfns] = 0
+    p.head[pfns] = pfns
+    p.mapping[pfns] = 0
+    p.index[pfns] = 0
+    p.pin_unit[pfns] = GUP_PIN_COUNTING_BIAS
+    p.small[pfns] = 0
+    pgdat.vmstat.nr_free_pages += len(pfns)
+    # __free_one_page() for the whole batch, one order at a time.
+    bo = pgdat.buddy_order
+    blocks = np.unique(pfns)
+    for order in range(MAX_PAGE_ORDER + 1):
+        if not len(blocks):
+            break
+        if order == MAX_PAGE_ORDER:
+            keep = np.ones(len(blocks), bool)
+        else:
+            buddy = blocks ^ (1 << order)
+            inside = buddy < pgdat.nr_pages
+            free_buddy = np.zeros(len(blocks), bool)
+            free_buddy[inside] = bo[buddy[inside]] == order
+            pair = np.isin(buddy, blocks, assume_unique=True)
+            merge = free_buddy | pair
+            keep = ~merge
+            taken = buddy[free_buddy]
+            bo[taken] = -1  # their free-list entries become stale
+            p.flags[taken] = 0
+        stay = blocks[keep]
+        if len(stay):
+            bo[stay] = order
+            p.flags[stay] = _BUDDY
+            pgdat.free_area[order].extend(stay.tolist())
+        if order < MAX_PAGE_ORDER:
+            blocks = np.unique(np.minimum(blocks[merge], buddy[merge]))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .page_alloc import PgData, free_pages
+from .page_alloc import PgData, free_pages, free_pages_bulk
 
 __all__ = [
     "drop_refs",
@@ -98,8 +98,13 @@ def drop_refs(pgdat: PgData, pages: np.ndarray, site: str) -> None:
 
 def free_zeroed(pgdat: PgData, heads: np.ndarray, post: np.ndarray, site: str) -> None:
     """Free each distinct folio in ``heads`` whose refcount (``post``) reached exactly zero."""
-    rc = pgdat.pages.refcount
-    for h in np.unique(heads[post == 0]).tolist():
-        if int(rc[h]) == 0:
-            free_pages(pgdat, int(h), site)
+    p = pgdat.pages
+    cand = np.unique(heads[post == 0])
+    cand = cand[p.refcount.take(cand) == 0]
+    if len(cand) > 1:
+        small = p.order.take(cand) == 0
+        free_pages_bulk(pgdat, cand[small], site)
+        cand = cand[~small]
+    for h in cand.tolist():
+        free_pages(pgdat, h, site)
 
