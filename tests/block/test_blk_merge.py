@@ -8,7 +8,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dioscope.block.blk_merge import _split_fast, _split_slow, blk_rq_map_sg, get_max_io_size
+from dioscope.block.blk_merge import (
+    _one_segment_each,
+    _split_fast,
+    _split_slow,
+    blk_rq_map_sg,
+    get_max_io_size,
+)
 from dioscope.block.blk_mq import Request
 from dioscope.block.blk_settings import QueueLimits
 from dioscope.block.blk_types import BLK_STS, REQ_FLAG
@@ -157,6 +163,33 @@ def test_fast_and_slow_split_agree() -> None:
         fast = _split_fast(lim, offs.astype(np.int64), lens.astype(np.int64), max_bytes)
         slow = _split_slow(lim, pages, offs.astype(np.int64), lens.astype(np.int64), max_bytes)
         assert fast == slow, (offs.tolist(), lens.tolist(), lim)
+
+
+def test_fast_split_of_multi_page_bvecs_agrees_with_the_loop() -> None:
+    """Multi-page bvecs (physically contiguous runs, as 6.18 builds them) count one segment
+    each when they fit ``max_segment_size`` and cross no ``seg_boundary_mask`` window; the
+    array form must then give the loop's answer, and must decline otherwise."""
+    rng = np.random.default_rng(11)
+    declined = taken = 0
+    for _ in range(600):
+        n = int(rng.integers(1, 40))
+        offs = (rng.integers(0, 8, n) * 512).astype(np.int64)
+        lens = np.array([int(rng.integers(1, 64)) * 512 for _ in range(n)], np.int64)
+        pages = (np.cumsum(rng.integers(1, 40, n)) + 100).astype(np.int64)
+        seg = int(rng.choice([1 << 16, 1 << 20, 0xFFFFFFFF]))
+        mask = int(rng.choice([0xFFFF, 0xFFFFF, 0xFFFFFFFF]))
+        lim = QueueLimits(max_hw_sectors_kb=2147483647, max_segments=int(rng.integers(1, 30)),
+                          max_sectors_kb=int(rng.integers(4, 512)), max_segment_size=seg,
+                          seg_boundary_mask=mask, dma_alignment=int(rng.choice([0, 511, 4095])))
+        max_bytes = lim.max_bytes
+        align = lim.dma_alignment
+        slow = _split_slow(lim, pages, offs, lens, max_bytes, align)
+        if not _one_segment_each(lim, pages, offs, lens):
+            declined += 1
+            continue
+        taken += 1
+        assert _split_fast(lim, offs, lens, max_bytes, align) == slow, (offs, lens, lim)
+    assert declined > 50 and taken > 200
 
 
 def test_map_sg_merges_contiguous_bvecs(kit: Any) -> None:

@@ -175,6 +175,10 @@ def bio_release_pages(bio: Bio, mark_dirty: bool) -> None:
         gup_put_pages(pgdat, pages, _FOLL_GET, bio.holder, "bio_release_pages")
 
 
+_FEW_PAGES = 4
+"""Up to this many pages, the dirty-page passes walk plain ints instead of numpy arrays."""
+
+
 def bio_set_pages_dirty(bio: Bio) -> None:
     """``bio_set_pages_dirty()``: dirty the pages of a READ before it is submitted, so they
     are already dirty when the device writes them ([5.9] skips compound pages)."""
@@ -182,8 +186,15 @@ def bio_set_pages_dirty(bio: Bio) -> None:
     p = pgdat.pages
     v6 = pgdat.cfg.IOV_ITER_EXTRACT
     pages = bio.pages()
-    if not pgdat.hooks.tracepoints:  # no one listens: one vectorised PG_dirty store
-        if v6:
+    if not pgdat.hooks.tracepoints:  # no one listens: PG_dirty stored directly
+        if len(pages) <= _FEW_PAGES:  # plain ints beat numpy's per-call overhead
+            flags, head, order = p.flags, p.head, p.order
+            for page in pages.tolist():
+                if v6:
+                    flags[head[page]] |= _PG_DIRTY
+                elif not order[page]:
+                    flags[page] |= _PG_DIRTY
+        elif v6:
             p.flags[p.head[pages]] |= _PG_DIRTY
         else:
             p.flags[pages[p.order[pages] == 0]] |= _PG_DIRTY
@@ -203,11 +214,19 @@ def bio_check_pages_dirty(bio: Bio) -> None:
     p = pgdat.pages
     v6 = pgdat.cfg.IOV_ITER_EXTRACT
     pages = bio.pages()
-    heads = p.head[pages]
-    dirty = (p.flags[heads] & np.uint32(PG.PG_dirty)) != 0
-    if not v6:
-        dirty |= p.order[pages] > 0
-    if dirty.all():
+    if len(pages) <= _FEW_PAGES:
+        flags, head, order = p.flags, p.head, p.order
+        all_dirty = True
+        for page in pages.tolist():
+            if not (flags[head[page]] & _PG_DIRTY or (not v6 and order[page])):
+                all_dirty = False
+                break
+    else:
+        dirty = (p.flags[p.head[pages]] & _PG_DIRTY) != 0
+        if not v6:
+            dirty |= p.order[pages] > 0
+        all_dirty = bool(dirty.all())
+    if all_dirty:
         bio_release_pages(bio, False)
         bio.bio_put_ref()
         return
@@ -414,6 +433,7 @@ def _bio_add_extracted_runs(bio: Bio, it: IovIter, extracted: np.ndarray, offset
     too few free slots keeps the runs that fit; the pages of the others are released and
     their bytes given back to the iterator, as the walk's ``break`` does.
     """
+    extracted = extracted.copy()  # it lives in the bvec array's tail: writes reach it
     vec = bio.bi_io_vec
     bi_iter = bio.bi_iter
     vcnt = bio.bi_vcnt
@@ -452,6 +472,9 @@ def _bio_add_extracted_runs(bio: Bio, it: IovIter, extracted: np.ndarray, offset
     bio.bi_vcnt = vcnt + keep
     bi_iter.bi_size += added
     left = size - added
+    if not vcnt and not left:
+        # An empty bio took every extracted page: they are the pages its bvecs cover.
+        bio.seed_pages(extracted)
     iov_iter_revert(it, left)
     if left:
         for page in extracted[int(run_first[kept_runs]):].tolist():

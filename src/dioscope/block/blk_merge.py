@@ -168,13 +168,28 @@ def _split_loop(lim: QueueLimits, bvecs: Iterable[tuple[int, int, int]],
     return False, nsegs, nbytes
 
 
+def _one_segment_each(lim: QueueLimits, pages: np.ndarray, offs: np.ndarray,
+                      lens: np.ndarray) -> bool:
+    """True when the loop would count every bvec as exactly one segment: no virt boundary,
+    and each bvec either lies within one page (the loop's own shortcut) or fits one segment
+    whole (``get_max_segment_size()``: not longer than ``max_segment_size``, not crossing
+    ``seg_boundary_mask``)."""
+    if lim.virt_boundary_mask:
+        return False
+    if int((offs + lens).max()) <= PAGE_SIZE:
+        return True
+    if int(lens.max()) > lim.max_segment_size:
+        return False
+    first = (pages << PAGE_SHIFT) + offs
+    mask = lim.seg_boundary_mask
+    return not bool(((first ^ (first + lens - 1)) & ~mask).any())
+
+
 def _split_fast(lim: QueueLimits, offs: np.ndarray, lens: np.ndarray,
-                max_bytes: int, len_align_mask: int = 0) -> tuple[bool, int, int] | None:
-    """The loop's result in a few array operations when every bvec lies within one page and
-    the queue has no virt boundary (then each bvec is exactly one segment). None: use the
-    loop. A misaligned bvec at or before the split point gives nsegs -1."""
-    if lim.virt_boundary_mask or int((offs + lens).max()) > PAGE_SIZE:
-        return None
+                max_bytes: int, len_align_mask: int = 0) -> tuple[bool, int, int]:
+    """The loop's result in a few array operations when every bvec is exactly one segment
+    (:func:`_one_segment_each`). A misaligned bvec at or before the split point gives
+    nsegs -1."""
     n = len(lens)
     cs = np.cumsum(lens)
     max_segs = lim.max_segments
@@ -212,10 +227,10 @@ def bio_split_rw_at(bio: Bio, lim: QueueLimits, max_bytes: int) -> tuple[int, in
         cut, nsegs, nbytes = _split_loop(lim, small, max_bytes, mask)
     else:
         pages, offs, lens = bvec_iter_rows(bio.bi_io_vec, bio.bi_iter)
-        res = _split_fast(lim, offs, lens, max_bytes, mask)
-        if res is None:
-            res = _split_slow(lim, pages, offs, lens, max_bytes, mask)
-        cut, nsegs, nbytes = res
+        if _one_segment_each(lim, pages, offs, lens):
+            cut, nsegs, nbytes = _split_fast(lim, offs, lens, max_bytes, mask)
+        else:
+            cut, nsegs, nbytes = _split_slow(lim, pages, offs, lens, max_bytes, mask)
     if nsegs < 0:
         return -22, 0  # -EINVAL: a bvec not aligned to dma_alignment
     if not cut:

@@ -141,6 +141,8 @@ class Bio:
 
     __slots__ = (
         "_bi_cnt",
+        "_pages_key",
+        "_pages_val",
         "bi_bdev",
         "bi_end_io",
         "bi_flags",
@@ -183,6 +185,8 @@ class Bio:
         """Model-only: allocation order, for provenance and traces."""
         self.holder: object = self
         """Who the sanitizer says holds this bio's page references (the bio itself)."""
+        self._pages_key: bytes | None = None
+        self._pages_val: np.ndarray | None = None
 
     # --- op ------------------------------------------------------------------------------
     def bio_op(self) -> int:
@@ -232,7 +236,26 @@ class Bio:
     def pages(self) -> np.ndarray:
         """Every base page covered by the used bvecs, one entry per page presence (a
         multi-page bvec contributes each of its pages). This is what
-        ``bio_release_pages`` walks."""
+        ``bio_release_pages`` walks. Read-only; remembered until the used bvecs change
+        (submission dirties, completion checks and releases the same pages)."""
+        key = self.bi_io_vec[: self.bi_vcnt].tobytes()
+        if key == self._pages_key:
+            return self._pages_val  # type: ignore[return-value]
+        val = self._pages()
+        val.flags.writeable = False
+        self._pages_key, self._pages_val = key, val
+        return val
+
+    def seed_pages(self, pages: np.ndarray) -> None:
+        """Remember ``pages`` as what :meth:`pages` returns for the bvecs as they are now
+        (the caller just built them from exactly these pages, in order). ``pages`` becomes
+        read-only."""
+        val = pages
+        val.flags.writeable = False
+        self._pages_key = self.bi_io_vec[: self.bi_vcnt].tobytes()
+        self._pages_val = val
+
+    def _pages(self) -> np.ndarray:
         if not self.bi_vcnt:
             return np.empty(0, np.int64)
         if self.bi_vcnt <= 4:  # a few bvecs: plain ints beat numpy's per-call overhead

@@ -272,6 +272,11 @@ def generic_perform_write(iocb: Kiocb, it: IovIter) -> int:
     return written if written else status
 
 
+_IOCB_APPEND = int(IOCB.IOCB_APPEND)
+_IOCB_NOWAIT = int(IOCB.IOCB_NOWAIT)
+_IOCB_DIRECT = int(IOCB.IOCB_DIRECT)
+
+
 def generic_write_checks(iocb: Kiocb, it: IovIter) -> int:
     """``generic_write_checks()``: O_APPEND moves ``ki_pos`` to EOF; a buffered IOCB_NOWAIT
     write is -EINVAL; a write at or past ``s_maxbytes`` is -EFBIG, one crossing it is cut.
@@ -281,9 +286,9 @@ def generic_write_checks(iocb: Kiocb, it: IovIter) -> int:
     count = iov_iter_count(it)
     if not count:
         return 0
-    if iocb.ki_flags & IOCB.IOCB_APPEND:
+    if iocb.ki_flags & _IOCB_APPEND:
         iocb.ki_pos = iocb.ki_filp.f_inode.i_size
-    if iocb.ki_flags & IOCB.IOCB_NOWAIT and not iocb.ki_flags & IOCB.IOCB_DIRECT:
+    if iocb.ki_flags & _IOCB_NOWAIT and not iocb.ki_flags & _IOCB_DIRECT:
         return -errno.EINVAL
     maxbytes = _maxbytes(iocb)
     if iocb.ki_pos >= maxbytes:

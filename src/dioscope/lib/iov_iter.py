@@ -99,6 +99,7 @@ class IovIter:
         "pipe",
         "segs",
         "start_head",
+        "ubuf",
         "v6",
     )
 
@@ -119,6 +120,9 @@ class IovIter:
         self.start_head = 0
         self.nofault = False
         self.v6 = pgdat.cfg.ITER_UBUF  # 6.x advance/revert algorithms
+        self.ubuf = (int(self.segs[0, 0])
+                     if iter_type == ITER_TYPE.ITER_UBUF and len(self.segs) else 0)
+        """ITER_UBUF: the buffer's address (``i->ubuf``), as a plain int."""
 
     # --- predicates ----------------------------------------------------------------------
     def iov_iter_rw(self) -> int:
@@ -166,6 +170,9 @@ class IovIter:
     def first_segment(self, maxsize: int) -> tuple[int, int, int] | None:
         """``first_iovec_segment()`` / ``first_bvec_segment()``: the first non-empty piece
         of at most ``maxsize`` bytes, as (segment index, start, len)."""
+        if self.iter_type == ITER_TYPE.ITER_UBUF:  # ubuf + iov_offset, no segment walk
+            n = min(maxsize, self.count)
+            return (0, self.ubuf + self.iov_offset, n) if n > 0 else None
         for piece in self.chunks(maxsize):
             return piece
         return None
@@ -383,6 +390,9 @@ def iov_iter_npages(i: IovIter, maxpages: int) -> int:
         from .pipe_buf import pipe_npages
 
         return min(pipe_npages(i), maxpages)
+    if t == ITER_TYPE.ITER_UBUF:  # the pages of [ubuf + iov_offset, + count)
+        offs = (i.ubuf + i.iov_offset) & (PAGE_SIZE - 1)
+        return min((offs + i.count + PAGE_SIZE - 1) >> PAGE_SHIFT, maxpages)
     npages = 0
     if i.v6 and t == ITER_TYPE.ITER_BVEC:
         size = i.count

@@ -171,6 +171,17 @@ def try_grab_unique_small(
     pin = flags & _FOLL_PIN
     n = len(pfns)
     inc = 1024 if pin else 1
+    if n == 1:  # one page: scalar arithmetic, no array temporaries
+        pfn = int(pfns[0])
+        before = int(rc[pfn])
+        if before <= 0 or before + inc > INT32_MAX:
+            return try_grab_pages(pgdat, pfns, flags, holder, site)
+        rc[pfn] = before + inc
+        if pin:
+            pgdat.vmstat.nr_foll_pin_acquired += 1
+        if pgdat.hooks.active:
+            pgdat.hooks.acquire("pin" if pin else "get", pfns.copy(), holder, site)
+        return 1
     p0 = int(pfns[pfns.argmin()])
     if int(pfns[pfns.argmax()]) - p0 == n - 1:
         run = rc[p0 : p0 + n]
@@ -205,6 +216,18 @@ def gup_put_pages(
     if not n:
         return
     p = pgdat.pages
+    if n == 1 and flags & _FOLL_PIN:
+        page = int(pages[0])
+        if page >= 0 and p.small[page]:  # one order-0 page: scalar arithmetic
+            if pgdat.hooks.active:
+                pgdat.hooks.release("pin", pages, holder, site)
+            pgdat.vmstat.nr_foll_pin_released += 1
+            rc = p.refcount
+            post1 = int(rc[page]) - 1024
+            rc[page] = post1
+            if post1 <= 0:
+                free_zeroed(pgdat, pages, np.array([post1], np.int32), site)
+            return
     if flags & _FOLL_PIN:
         small = p.small.take(pages)
         if small[small.argmin()]:

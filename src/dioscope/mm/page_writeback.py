@@ -236,10 +236,15 @@ def _write_and_wait(mapping: AddressSpace, lstart: int, lend: int) -> int:
     """Write back the dirty pages of bytes ``[lstart, lend]`` and wait for all writeback
     there. A range without dirty pages does not reach ``writepages`` (the kernel's walk
     finds no page tagged dirty). Return: the writepages error."""
-    _idx, pfns = mapping.present(lstart >> PAGE_SHIFT, (min(lend, LLONG_MAX) >> PAGE_SHIFT) + 1)
+    first, last = lstart >> PAGE_SHIFT, min(lend, LLONG_MAX) >> PAGE_SHIFT
+    flags = mapping.pgdat.pages.flags
+    if first == last:  # one page: one lookup, no arrays
+        pfn = mapping.i_pages.get(first)
+        if pfn < 0 or not flags[pfn] & (_DIRTY | _WRITEBACK):
+            return 0
+    _idx, pfns = mapping.present(first, last + 1)
     if not len(pfns):
         return 0
-    flags = mapping.pgdat.pages.flags
     fl = flags.take(pfns)
     err = 0
     if (fl & _DIRTY).any():

@@ -41,6 +41,7 @@ from ...block.blk_types import BIO_MAX_VECS, REQ_FLAG, REQ_OP, SECTOR_SHIFT, Bio
 from ...kernel.types import PAGE_SIZE
 from ...lib.iov_iter import (
     IovIter,
+    iov_iter_alignment,
     iov_iter_count,
     iov_iter_npages,
     iov_iter_reexpand,
@@ -48,6 +49,7 @@ from ...lib.iov_iter import (
     iov_iter_truncate,
     iov_iter_zero,
 )
+from ...mm import filemap
 from ...mm.gup import pin_page
 from ...mm.page_alloc import ZERO_PFN
 from ...mm.page_ref import get_page
@@ -253,8 +255,6 @@ def _bio_actor(inode: Inode, pos: int, length: int, dio: IomapDio, iomap: IoMap,
 
 
 def _iter_alignment(it: IovIter) -> int:
-    from ...lib.iov_iter import iov_iter_alignment
-
     return iov_iter_alignment(it)
 
 
@@ -305,8 +305,6 @@ def iomap_dio_rw(iocb: Kiocb, it: IovIter, ops: IomapOps, dio_flags: int = 0) ->
     -errno: EINVAL (alignment), EFAULT (user memory; wins over a partial transfer), EIO,
     EAGAIN (IOCB_NOWAIT would block), ENOTBLK (the filesystem must fall back to buffered I/O).
     """
-    from ...mm import filemap
-
     inode = iocb.ki_filp.f_inode
     mapping = inode.i_mapping
     count = iov_iter_count(it)
@@ -392,8 +390,6 @@ def iomap_dio_rw(iocb: Kiocb, it: IovIter, ops: IomapOps, dio_flags: int = 0) ->
 def _complete(dio: IomapDio, ops: IomapOps, inode: Inode, write: bool) -> int:
     """``iomap_dio_complete()``: invalidate the page cache over what a write changed, run the
     filesystem's end_io (unwritten conversion, i_size), then the result and ``ki_pos``."""
-    from ...mm import filemap
-
     iocb = dio.iocb
     offset = iocb.ki_pos
     if not dio.error and write and dio.size:

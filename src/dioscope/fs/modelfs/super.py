@@ -286,27 +286,34 @@ class ModelFs:
         return inode
 
     def _write_through_cache(self, inode: ModelFsInode, pos: int, data: np.ndarray) -> None:
-        """Buffered write of kernel bytes (an ITER_BVEC over scratch pages), 4 MiB a go."""
+        """Buffered write of kernel bytes (an ITER_BVEC over scratch pages), 4 MiB a go.
+
+        One set of scratch pages serves every chunk and is freed at the end, so the page
+        cache's pages are not interleaved with freed scratch frames (which would leave
+        memory fragmented for whatever is allocated next).
+        """
         step = 1024 * PAGE_SIZE
-        for k in range(0, len(data), step):
-            chunk = data[k : k + step]
-            npages = (len(chunk) + PAGE_SIZE - 1) // PAGE_SIZE
-            pfns = alloc_pages_bulk(self.pgdat, npages)
-            if len(pfns) < npages:
-                drop_refs(self.pgdat, pfns, "create_file")
+        nscratch = (min(len(data), step) + PAGE_SIZE - 1) // PAGE_SIZE
+        pfns = alloc_pages_bulk(self.pgdat, nscratch)
+        try:
+            if len(pfns) < nscratch:
                 raise MemoryError("no memory for create_file's scratch pages")
             frames = self.pgdat.mem.frames
-            padded = np.zeros(npages * PAGE_SIZE, np.uint8)
-            padded[: len(chunk)] = chunk
-            frames[pfns] = padded.reshape(npages, PAGE_SIZE)
-            bvec = [(int(p), PAGE_SIZE, 0) for p in pfns.tolist()]
-            it = iov_iter_bvec(self.pgdat, ITER_SOURCE, bvec, len(bvec), len(chunk))
-            f = File(inode, int(OFLAG.O_RDWR), int(FMODE.FMODE_READ | FMODE.FMODE_WRITE),
-                     self.fops, 0, inode.i_mapping)
-            ret = generic_perform_write(Kiocb(f, pos + k), it)
+            for k in range(0, len(data), step):
+                chunk = data[k : k + step]
+                npages = (len(chunk) + PAGE_SIZE - 1) // PAGE_SIZE
+                padded = np.zeros(npages * PAGE_SIZE, np.uint8)
+                padded[: len(chunk)] = chunk
+                frames[pfns[:npages]] = padded.reshape(npages, PAGE_SIZE)
+                bvec = [(int(p), PAGE_SIZE, 0) for p in pfns[:npages].tolist()]
+                it = iov_iter_bvec(self.pgdat, ITER_SOURCE, bvec, len(bvec), len(chunk))
+                f = File(inode, int(OFLAG.O_RDWR), int(FMODE.FMODE_READ | FMODE.FMODE_WRITE),
+                         self.fops, 0, inode.i_mapping)
+                ret = generic_perform_write(Kiocb(f, pos + k), it)
+                if ret != len(chunk):
+                    raise ValueError(f"write at {pos + k} gave {ret}")
+        finally:
             drop_refs(self.pgdat, pfns, "create_file")
-            if ret != len(chunk):
-                raise ValueError(f"write at {pos + k} gave {ret}")
 
 
 def _true_runs(mask: np.ndarray) -> Iterable[tuple[int, int]]:
