@@ -270,8 +270,7 @@ def test_short_host_transfers_are_continued(tmp_path: Path, monkeypatch: pytest.
     """Whether the segments go to the host as iovecs or through the bounce buffer, a short
     host transfer is continued from where it stopped and every byte lands in its frame."""
     k = Kernel("64M", "6.18")
-    if not bounce:
-        monkeypatch.setattr(devices, "BOUNCE_READ_SEGS", 1 << 30)
+    monkeypatch.setattr(devices, "BOUNCE_READ_SEGS", 1 if bounce else 1 << 30)
     with _file_dev(k, tmp_path) as dev:
         real = os.preadv
         calls: list[int] = []
@@ -292,6 +291,27 @@ def test_short_host_transfers_are_continued(tmp_path: Path, monkeypatch: pytest.
         else:
             assert len(calls) > 8 and calls[-1] == 1
             assert all(a >= b for a, b in itertools.pairwise(calls))
+
+
+@pytest.mark.parametrize("bounce", [False, True], ids=["iovecs", "bounce"])
+def test_writes_reach_the_disk_through_iovecs_or_the_bounce_buffer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bounce: bool) -> None:
+    k = Kernel("64M", "6.18")
+    monkeypatch.setattr(devices, "BOUNCE_WRITE_SEGS", 1 if bounce else 1 << 30)
+    with _file_dev(k, tmp_path) as dev:
+        real = os.pwritev
+        calls: list[int] = []
+
+        def spy(fd: int, bufs: list[memoryview], off: int) -> int:
+            calls.append(len(bufs))
+            return real(fd, bufs, off)
+
+        monkeypatch.setattr(os, "pwritev", spy)
+        _bios, got, _pfns = _four_bios(k, dev, 1)
+        monkeypatch.undo()
+        assert got == [0] * 4
+        assert dev.read_disk(0, 16384) == b"".join(bytes([0x10 + i]) * 4096 for i in range(4))
+        assert (calls == [1]) if bounce else (len(calls) == 1 and calls[0] > 1)
 
 
 def test_host_eof_or_error_fails_the_rest(tmp_path: Path,

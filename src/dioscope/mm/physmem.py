@@ -2,6 +2,11 @@
 
 A frame's bytes are a memoryview slice of it, so a model device can DMA into a frame with a
 real ``os.preadv``. The mapping is MAP_NORESERVE and untouched frames cost no host memory.
+
+The mapping asks the host for transparent huge pages (``MADV_HUGEPAGE``): what it costs the
+host to move a model device's bytes depends on how physically contiguous the buffer is in
+the host (measured on this VM: an O_DIRECT 1 MiB ``preadv`` into 4 KiB host pages 700 µs,
+into a host THP 260 µs), as a VM whose RAM is backed by huge pages.
 """
 
 from __future__ import annotations
@@ -12,7 +17,31 @@ import numpy as np
 
 from ..kernel.types import PAGE_SHIFT, PAGE_SIZE
 
-__all__ = ["PhysMem"]
+__all__ = ["PhysMem", "host_buffer"]
+
+_HPAGE = 2 << 20
+
+
+def _want_huge(m: mmap.mmap) -> None:
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is not None:
+        try:
+            m.madvise(advice)
+        except OSError:  # THP not available on this host: 4 KiB pages it is
+            pass
+
+
+def host_buffer(nbytes: int) -> tuple[mmap.mmap, memoryview]:
+    """A private anonymous host buffer of ``nbytes``, 2 MiB-aligned and backed by
+    transparent huge pages where the host allows (``MADV_HUGEPAGE``), for O_DIRECT I/O.
+
+    Return: (the mapping, to keep alive; a memoryview of exactly ``nbytes`` of it).
+    """
+    m = mmap.mmap(-1, nbytes + _HPAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    _want_huge(m)
+    addr = np.frombuffer(m, np.uint8).ctypes.data
+    off = -addr % _HPAGE
+    return m, memoryview(m)[off : off + nbytes]
 
 
 class PhysMem:
@@ -24,6 +53,7 @@ class PhysMem:
         self.nr_pages = nr_pages
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
         self._map = mmap.mmap(-1, nr_pages << PAGE_SHIFT, flags=flags)
+        _want_huge(self._map)
         self.view = memoryview(self._map)
         self.bytes = np.frombuffer(self._map, dtype=np.uint8)
         """All of physical memory as one uint8 array (a view, not a copy)."""
