@@ -22,6 +22,7 @@ contiguous pages merge into one (multi-page) bvec but keep one each (spec §11 i
 from __future__ import annotations
 
 import errno
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -421,7 +422,8 @@ operations (:func:`_bio_add_extracted_runs`) instead of a walk page by page."""
 
 def _bio_add_extracted_runs(bio: Bio, it: IovIter, extracted: np.ndarray, offset: int,
                             size: int) -> int:
-    """The page walk of [6.18] ``__bio_iov_iter_get_pages()`` done on whole arrays; the same
+    """The page walk of [6.18] ``__bio_iov_iter_get_pages()`` done run by run instead of
+    page by page (the runs found with one array pass); the same
     bvecs, pins and iterator position as the walk, for a bio that is not cloned and cannot
     overflow ``bi_size``.
 
@@ -437,24 +439,22 @@ def _bio_add_extracted_runs(bio: Bio, it: IovIter, extracted: np.ndarray, offset
     vec = bio.bi_io_vec
     bi_iter = bio.bi_iter
     vcnt = bio.bi_vcnt
-    nr = len(extracted)
-    # Byte position of each page's first byte in the extraction; page i ends where i+1 starts.
-    starts = np.arange(nr, dtype=np.int64) * PAGE_SIZE - offset
-    starts[0] = 0
-    run_first = np.flatnonzero(np.diff(extracted) != 1) + 1
-    run_first = np.concatenate(([0], run_first))
-    ends = np.empty(len(run_first), np.int64)
-    ends[:-1] = starts[run_first[1:]]
-    ends[-1] = size
-    lens = ends - starts[run_first]
-    first_page = int(extracted[0])
+    # Page i (i > 0) starts byte i * PAGE_SIZE - offset of the extraction; a run ends where
+    # the next one starts, the last at ``size``.
+    brk = (np.flatnonzero(extracted[1:] - extracted[:-1] != 1) + 1).tolist()
+    run_first = [0, *brk]
+    firsts = extracted[run_first].tolist()
+    ends = [i * PAGE_SIZE - offset for i in brk]
+    ends.append(size)
+    lens = [ends[0], *(b - a for a, b in pairwise(ends))]
+    first_page = firsts[0]
     merge = False
     if vcnt:
         lpage, llo = vec[vcnt - 1].tolist()
         last_end = (lpage << PAGE_SHIFT) + (llo & 0xFFFFFFFF) + (llo >> 32)
         merge = last_end == (first_page << PAGE_SHIFT) + offset
     if merge:
-        vec[vcnt - 1, 1] += int(lens[0]) << 32
+        vec[vcnt - 1, 1] += lens[0] << 32
         if offset:  # the page the last bvec ended in: its new pin goes at once
             _release_one(bio, first_page, "bio_iov_add_folio")
     new_first = 1 if merge else 0
@@ -462,13 +462,12 @@ def _bio_add_extracted_runs(bio: Bio, it: IovIter, extracted: np.ndarray, offset
     keep = min(len(run_first) - new_first, room)
     kept_runs = new_first + keep
     if keep > 0:
-        add = slice(new_first, kept_runs)
-        offs = np.zeros(keep, np.int64)
+        rows = [[page, n << 32] for page, n in zip(firsts[new_first:kept_runs],
+                                                   lens[new_first:kept_runs])]
         if not merge:
-            offs[0] = offset
-        vec[vcnt : vcnt + keep, 0] = extracted[run_first[add]]
-        vec[vcnt : vcnt + keep, 1] = (lens[add] << 32) | offs
-    added = int(ends[kept_runs - 1]) if kept_runs else 0
+            rows[0][1] |= offset
+        vec[vcnt : vcnt + keep] = rows
+    added = ends[kept_runs - 1] if kept_runs else 0
     bio.bi_vcnt = vcnt + keep
     bi_iter.bi_size += added
     left = size - added
@@ -477,7 +476,7 @@ def _bio_add_extracted_runs(bio: Bio, it: IovIter, extracted: np.ndarray, offset
         bio.seed_pages(extracted)
     iov_iter_revert(it, left)
     if left:
-        for page in extracted[int(run_first[kept_runs]):].tolist():
+        for page in extracted[run_first[kept_runs]:].tolist():
             _release_one(bio, page, "__bio_iov_iter_get_pages")
     return 0
 

@@ -60,6 +60,20 @@ class XArray:
             out[lo - start : hi - start] = self.chunks[c][lo - base : hi - base]
         return out
 
+    def view(self, start: int, end: int) -> np.ndarray | None:
+        """Values of ``[start, end)`` as a read-only view when the range lies in one chunk
+        that exists; None otherwise (use :meth:`dense`). At least one entry long: an empty
+        range gives None."""
+        if end <= start or start >> XA_CHUNK_SHIFT != (end - 1) >> XA_CHUNK_SHIFT:
+            return None
+        ch = self.chunks.get(start >> XA_CHUNK_SHIFT)
+        if ch is None:
+            return None
+        lo = start & _MASK
+        v = ch[lo : lo + end - start]
+        v.flags.writeable = False
+        return v
+
     def gather(self, indices: np.ndarray) -> np.ndarray:
         """Values at ``indices`` (-1 where absent)."""
         out = np.full(len(indices), -1, np.int64)

@@ -79,12 +79,17 @@ def _gup_fast_unique(
             return -1
         mm.vma_cache = vma
     s0 = (start - vma.vm_start) >> PAGE_SHIFT
-    fl = vma.pt_flags[s0 : s0 + nr_pages]
     pgdat = mm.pgdat
     if pgdat.cfg.GUP_FORCED_COW:
         write = _FOLL_WRITE  # v5.8: GUP-fast takes only writable PTEs (see _gup_fast)
-    if len(fl) != nr_pages or fl[fl.argmin()] < (PTE_FAST_WRITE if write else PTE_FAST_READ):
-        return -1
+    need = PTE_FAST_WRITE if write else PTE_FAST_READ
+    if nr_pages == 1:  # one PTE: a scalar test
+        if s0 >= len(vma.pt_flags) or vma.pt_flags[s0] < need:
+            return -1
+    else:
+        fl = vma.pt_flags[s0 : s0 + nr_pages]
+        if len(fl) != nr_pages or fl[fl.argmin()] < need:
+            return -1
     pfns = vma.pt_pfn[s0 : s0 + nr_pages]
     k = try_grab_unique_small(pgdat, pfns, _FOLL_PIN if pin else _FOLL_GET, holder,
                               "pin_user_pages_fast" if pin else "get_user_pages_fast")

@@ -190,12 +190,11 @@ def try_grab_unique_small(
             run -= np.int32(inc)
             return try_grab_pages(pgdat, pfns, flags, holder, site)
     else:
-        unit = (_BIAS if pin else _ONES)[:n] if n <= 512 else np.int32(inc)
-        np.add.at(rc, pfns, unit)
-        post = rc.take(pfns)
-        if post[post.argmin()] <= inc:
-            np.subtract.at(rc, pfns, unit)
+        # Distinct pfns: a plain fancy-index update is exact (no entry repeats).
+        post = rc.take(pfns) + np.int32(inc)
+        if post[post.argmin()] <= inc:  # was <= 0, or wrapped past INT32_MAX
             return try_grab_pages(pgdat, pfns, flags, holder, site)
+        rc[pfns] = post
     if pin:
         pgdat.vmstat.nr_foll_pin_acquired += n
     if pgdat.hooks.active:

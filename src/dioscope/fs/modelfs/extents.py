@@ -92,6 +92,10 @@ def _decode(enc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(mapped, enc & _PBLK_MASK, -1), mapped & ((enc & UNWRITTEN_BIT) != 0)
 
 
+_RAMP = np.arange(XA_CHUNK, dtype=np.int64)
+"""0, 1, 2, ...: block i of a contiguous run holds first + i."""
+
+
 class ExtentMap:
     """The block map of one file: per file block, the disk block (or a hole) and whether
     it is unwritten, kept sparse (:class:`~dioscope.kernel.xarray.XArray`)."""
@@ -119,8 +123,12 @@ class ExtentMap:
         length = 1
         while length < n:
             step = min(n - length, XA_CHUNK)
-            enc = self.xa.dense(lblk + length, lblk + length + step)
-            same = enc == first + length + np.arange(step)
+            at = lblk + length
+            enc = self.xa.view(at, at + step)  # within one chunk: no copy
+            if enc is None:
+                enc = self.xa.dense(at, at + step)
+            step = len(enc)
+            same = (enc - _RAMP[:step]) == first + length
             k = step if same.all() else int(np.argmin(same))
             length += k
             if k < step:
