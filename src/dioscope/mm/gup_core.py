@@ -182,16 +182,18 @@ def try_grab_unique_small(
         if pgdat.hooks.active:
             pgdat.hooks.acquire("pin" if pin else "get", pfns.copy(), holder, site)
         return 1
+    # Same-dtype array operands: numpy's scalar casting costs more than the add itself.
+    units = _units(n, bool(pin))
     p0 = int(pfns[pfns.argmin()])
     if int(pfns[pfns.argmax()]) - p0 == n - 1:
         run = rc[p0 : p0 + n]
-        run += np.int32(inc)
+        run += units
         if run[run.argmin()] <= inc:
-            run -= np.int32(inc)
+            run -= units
             return try_grab_pages(pgdat, pfns, flags, holder, site)
     else:
         # Distinct pfns: a plain fancy-index update is exact (no entry repeats).
-        post = rc.take(pfns) + np.int32(inc)
+        post = rc.take(pfns) + units
         if post[post.argmin()] <= inc:  # was <= 0, or wrapped past INT32_MAX
             return try_grab_pages(pgdat, pfns, flags, holder, site)
         rc[pfns] = post
@@ -264,7 +266,7 @@ def gup_put_pages(
         put_pages(pgdat, pages, holder=holder, site=site)
         return
     post = p.refcount.take(heads)
-    if post.min() <= 0:
+    if post[post.argmin()] <= 0:
         free_zeroed(pgdat, heads, post, site)
 
 

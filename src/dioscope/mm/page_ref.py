@@ -92,7 +92,7 @@ def drop_refs(pgdat: PgData, pages: np.ndarray, site: str) -> None:
     heads = p.head.take(pages)
     np.subtract.at(p.refcount, heads, np.int32(1))
     after = p.refcount.take(heads)
-    if after.min() <= 0:
+    if after[after.argmin()] <= 0:
         free_zeroed(pgdat, heads, after, site)
 
 
