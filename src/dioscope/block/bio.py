@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..kernel.npfast import all_set
 from ..kernel.types import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from ..lib.iov_iter import ITER_TYPE, IovIter, iov_iter_advance, iov_iter_count, iov_iter_revert
 from ..lib.iov_iter_pages import (
@@ -226,7 +227,7 @@ def bio_check_pages_dirty(bio: Bio) -> None:
         dirty = (p.flags[p.head[pages]] & _PG_DIRTY) != 0
         if not v6:
             dirty |= p.order[pages] > 0
-        all_dirty = bool(dirty.all())
+        all_dirty = all_set(dirty)
     if all_dirty:
         bio_release_pages(bio, False)
         bio.bio_put_ref()
@@ -441,7 +442,7 @@ def _bio_add_extracted_runs(bio: Bio, it: IovIter, extracted: np.ndarray, offset
     vcnt = bio.bi_vcnt
     # Page i (i > 0) starts byte i * PAGE_SIZE - offset of the extraction; a run ends where
     # the next one starts, the last at ``size``.
-    brk = (np.flatnonzero(extracted[1:] - extracted[:-1] != 1) + 1).tolist()
+    brk = [i + 1 for i in ((extracted[1:] - extracted[:-1]) != 1).nonzero()[0].tolist()]
     run_first = [0, *brk]
     firsts = extracted[run_first].tolist()
     ends = [i * PAGE_SIZE - offset for i in brk]

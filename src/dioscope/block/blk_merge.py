@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..kernel.npfast import amax, any_set
 from ..kernel.trace import blk_fill_rwbs, trace_event
 from ..kernel.types import PAGE_SHIFT, PAGE_SIZE
 from .bio_completion import bio_chain, bio_endio, bio_split, errno_to_blk_status
@@ -176,13 +177,13 @@ def _one_segment_each(lim: QueueLimits, pages: np.ndarray, offs: np.ndarray,
     ``seg_boundary_mask``)."""
     if lim.virt_boundary_mask:
         return False
-    if int((offs + lens).max()) <= PAGE_SIZE:
+    if amax(offs + lens) <= PAGE_SIZE:
         return True
-    if int(lens.max()) > lim.max_segment_size:
+    if amax(lens) > lim.max_segment_size:
         return False
     first = (pages << PAGE_SHIFT) + offs
     mask = lim.seg_boundary_mask
-    return not bool(((first ^ (first + lens - 1)) & ~mask).any())
+    return not any_set((first ^ (first + lens - 1)) & ~mask)
 
 
 def _split_fast(lim: QueueLimits, offs: np.ndarray, lens: np.ndarray,
@@ -195,7 +196,7 @@ def _split_fast(lim: QueueLimits, offs: np.ndarray, lens: np.ndarray,
     max_segs = lim.max_segments
     bad = n
     if len_align_mask:
-        mis = np.flatnonzero((offs | lens) & len_align_mask)
+        mis = ((offs | lens) & len_align_mask).nonzero()[0]
         if len(mis):
             bad = int(mis[0])
     if n <= max_segs and int(cs[-1]) <= max_bytes:
@@ -473,7 +474,7 @@ def _split_segments(lim: QueueLimits, phys: np.ndarray, lens: np.ndarray) -> tup
     mask = lim.seg_boundary_mask
     last = phys + lens - 1
     bad = ((phys | mask) != (last | mask)) | (lens > lim.max_segment_size)
-    if not bad.any():
+    if not any_set(bad):
         return phys, lens
     out_p: list[int] = []
     out_l: list[int] = []
@@ -590,11 +591,11 @@ def _map_sg_np(rq: Request, lim: QueueLimits, limit: int | None) -> tuple[np.nda
     mask = lim.seg_boundary_mask
     joins = (phys[1:] == phys[:-1] + lens[:-1]) & (
         (phys[:-1] | mask) == ((phys[1:] + lens[1:] - 1) | mask))
-    if not joins.any():
+    if not any_set(joins):
         return phys, lens
     starts = np.flatnonzero(np.concatenate(([True], ~joins)))
     glen = np.add.reduceat(lens, starts)
-    if int(glen.max()) <= lim.max_segment_size:
+    if amax(glen) <= lim.max_segment_size:
         return phys[starts], glen
     # Some merged run is too long for one segment: merge greedily, as the kernel walks.
     out_p: list[int] = []

@@ -102,13 +102,13 @@ class XArray:
                 base = c << XA_CHUNK_SHIFT
                 lo, hi = max(start, base) - base, min(end, base + XA_CHUNK) - base
                 sl = self.chunks[c][lo:hi]
-                rel = np.flatnonzero(sl >= 0)
+                rel = (sl >= 0).nonzero()[0]
                 return rel + (base + lo), sl[rel]
             for c in keys:
                 base = c << XA_CHUNK_SHIFT
                 lo, hi = max(start, base) - base, min(end, base + XA_CHUNK) - base
                 sl = self.chunks[c][lo:hi]
-                rel = np.flatnonzero(sl >= 0)
+                rel = (sl >= 0).nonzero()[0]
                 if len(rel):
                     idx.append(rel + base + lo)
                     val.append(sl[rel])
@@ -121,7 +121,7 @@ class XArray:
         for c in self._keys(start, end):
             base = c << XA_CHUNK_SHIFT
             lo, hi = max(start, base) - base, min(end, base + XA_CHUNK) - base
-            rel = np.flatnonzero(self.chunks[c][lo:hi] >= 0)
+            rel = (self.chunks[c][lo:hi] >= 0).nonzero()[0]
             if len(rel):
                 return int(rel[0]) + base + lo
         return -1
@@ -134,7 +134,7 @@ class XArray:
                         reverse=True):
             base = c << XA_CHUNK_SHIFT
             hi = min(end, base + XA_CHUNK) - base
-            rel = np.flatnonzero(self.chunks[c][:hi] >= 0)
+            rel = (self.chunks[c][:hi] >= 0).nonzero()[0]
             if len(rel):
                 return int(rel[-1]) + base
         return -1

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from ..kernel.npfast import all_set, any_set
 from ..kernel.types import PAGE_SHIFT, PAGE_SIZE
 from ..kernel.xarray import XArray
 from .memory import VM_FAULT
@@ -306,7 +307,7 @@ def filemap_get_uptodate(mapping: AddressSpace, first: int, last: int,
     pfns = mapping.pages(first, last + 1)
     flags = mapping.pgdat.pages.flags
     ok = (pfns >= 0) & ((flags.take(np.maximum(pfns, 0)) & _UPTODATE) != 0)
-    if ok.all():
+    if all_set(ok):
         return pfns, 0
     if nowait:
         k = int(np.argmin(ok))
@@ -324,7 +325,7 @@ def filemap_get_uptodate(mapping: AddressSpace, first: int, last: int,
         if _read_pages(mapping, todo + first, pfns[todo]):
             err = -errno.EIO
     ok = (pfns >= 0) & ((flags.take(np.maximum(pfns, 0)) & _UPTODATE) != 0)
-    k = len(ok) if ok.all() else int(np.argmin(ok))
+    k = len(ok) if all_set(ok) else int(ok.argmin())
     return pfns[:k], (err if err else -errno.EIO) if k < len(ok) else 0
 
 
@@ -345,7 +346,7 @@ def filemap_range_needs_writeback(mapping: AddressSpace, start_byte: int,
         return False
     _idx, pfns = mapping.present(start_byte >> PAGE_SHIFT, (end_byte >> PAGE_SHIFT) + 1)
     busy = np.uint32(PG.PG_dirty | PG.PG_locked | PG.PG_writeback)
-    return bool(len(pfns)) and bool(((mapping.pgdat.pages.flags.take(pfns) & busy) != 0).any())
+    return any_set(mapping.pgdat.pages.flags.take(pfns) & busy)
 
 
 # --- Direct I/O helpers (mm/filemap.c [6.x], fs/direct-io.c) ---------------------------------

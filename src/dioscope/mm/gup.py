@@ -18,6 +18,7 @@ import errno
 
 import numpy as np
 
+from ..kernel.npfast import all_set
 from ..kernel.types import PAGE_MASK, PAGE_SHIFT, TASK_SIZE
 from .gup_core import (
     FOLL,
@@ -246,7 +247,7 @@ def _gup_fast(
         n = min(nr_pages - got, ((vma.vm_end - vma.vm_start) >> PAGE_SHIFT) - s0)
         s1 = s0 + n
         fl = vma.pt_flags[s0:s1]
-        if fl.min() >= (PTE_FAST_WRITE if write else PTE_FAST_READ):
+        if fl[fl.argmin()] >= (PTE_FAST_WRITE if write else PTE_FAST_READ):
             # Distinct small exclusive anon pages: one scatter for the whole run.
             pfns = vma.pt_pfn[s0:s1]
             k = try_grab_unique_small(pgdat, pfns, gup_flags, holder, site)
@@ -257,7 +258,7 @@ def _gup_fast(
             addr += n << PAGE_SHIFT
             continue
         ok = _take_ok(pgdat, vma, s0, s1, gup_flags, fast=True)
-        k = n if ok.all() else int(np.argmin(ok))
+        k = n if all_set(ok) else int(ok.argmin())
         if k:
             pfns = vma.pt_pfn[s0 : s0 + k]
             k = try_grab_pages(pgdat, pfns, gup_flags, holder, site)

@@ -23,6 +23,7 @@ import enum
 
 import numpy as np
 
+from ..kernel.npfast import any_set
 from .page import PG
 from .page_alloc import PgData
 from .page_ref import free_zeroed, put_pages
@@ -259,7 +260,7 @@ def gup_put_pages(
             pgdat.hooks.release("pin", pages if nr == n else pages[counted], holder, site)
         pgdat.vmstat.nr_foll_pin_released += nr
         large = dec == 1
-        if large.any():
+        if any_set(large):
             np.subtract.at(p.pincount, heads[large], np.int32(1))
         np.subtract.at(p.refcount, heads, dec)
     else:

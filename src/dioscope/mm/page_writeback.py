@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..kernel.npfast import any_set
 from ..kernel.types import PAGE_SHIFT
 from .page import PG
 from .rmap import folio_mkclean
@@ -247,13 +248,13 @@ def _write_and_wait(mapping: AddressSpace, lstart: int, lend: int) -> int:
         return 0
     fl = flags.take(pfns)
     err = 0
-    if (fl & _DIRTY).any():
+    if any_set(fl & _DIRTY):
         err = filemap_fdatawrite_range(mapping, lstart, lend)
         if err == -errno.EIO:
             return err
         fl = flags.take(pfns)
     busy = (fl & _WRITEBACK) != 0
-    if busy.any():
+    if any_set(busy):
         folio_wait_writeback(mapping, pfns[busy])
     return err
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ...kernel.npfast import all_set
 from ...kernel.xarray import XA_CHUNK, XArray
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ class ExtentMap:
                 enc = self.xa.dense(at, at + step)
             step = len(enc)
             same = (enc - _RAMP[:step]) == first + length
-            k = step if same.all() else int(np.argmin(same))
+            k = step if all_set(same) else int(same.argmin())
             length += k
             if k < step:
                 break
