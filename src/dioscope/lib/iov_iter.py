@@ -428,6 +428,8 @@ def iov_iter_alignment(i: IovIter) -> int:
         from .pipe_buf import pipe_alignment
 
         return pipe_alignment(i)
+    if t == ITER_TYPE.ITER_UBUF:
+        return (i.ubuf + i.iov_offset) | i.count if i.count else 0
     res = 0
     if i.v6 and t == ITER_TYPE.ITER_BVEC:
         size = i.count
