@@ -6,7 +6,10 @@ as ``bio_add_page`` would; one vectorised step, no Python object per page), ``su
 to a :class:`~dioscope.block.devices.FileDevice` whose limits are those of the host disk
 (the bio is split, dispatched and transferred with ``preadv``/``pwritev`` over the physical
 frames, O_DIRECT), complete it, unpin. The host side does the same I/O itself: O_DIRECT
-``os.preadv``/``os.pwritev`` of 1 MiB from a page-aligned buffer, same file, same offsets.
+``os.preadv``/``os.pwritev`` of 1 MiB, same file, same offsets, from a buffer on a
+transparent huge page like the model's physical memory (:func:`~dioscope.mm.physmem.host_buffer`;
+docs/host-observations.md item 14: this VM moves a 1 MiB transfer into 4 KiB shmem pages at
+less than half the speed, which would flatter the model).
 The two alternate in 4 MiB chunks (and swap which goes first) so machine drift cancels.
 
 Figures (model ÷ host throughput, higher is better; goal >= 0.8):
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 import cProfile
 import io
-import mmap
 import os
 import pstats
 import shutil
@@ -43,6 +45,7 @@ from dioscope.block.devices import FileDevice
 from dioscope.machine import Kernel
 from dioscope.mm.gup import pin_user_pages_fast, unpin_user_pages
 from dioscope.mm.gup_core import FOLL
+from dioscope.mm.physmem import host_buffer
 
 MIB = 1 << 20
 TOTAL = 1 << 30
@@ -114,9 +117,9 @@ class HostSide:
 
     def __init__(self, path: str) -> None:
         self.fd = os.open(path, os.O_RDWR | os.O_DIRECT)
-        self.buf = mmap.mmap(-1, MIB)
-        self.buf[:] = b"\x5a" * MIB
-        self.view = [memoryview(self.buf)]
+        self.map, buf = host_buffer(MIB)
+        buf[:] = b"\x5a" * MIB
+        self.view = [buf]
 
     def one(self, write: bool, offset: int) -> None:
         n = (os.pwritev if write else os.preadv)(self.fd, self.view, offset)
