@@ -19,9 +19,10 @@ import errno
 import numpy as np
 
 from ..kernel.npfast import all_set
-from ..kernel.types import PAGE_MASK, PAGE_SHIFT, TASK_SIZE
+from ..kernel.types import HPAGE_PMD_SIZE, PAGE_MASK, PAGE_SHIFT, TASK_SIZE
 from .gup_core import (
     FOLL,
+    INT32_MAX,
     gup_put_pages,
     set_folio_dirty_lock,
     try_grab_pages,
@@ -58,6 +59,18 @@ _U64 = (1 << 64) - 1
 _FOLL_WRITE = int(FOLL.FOLL_WRITE)
 _FOLL_GET = int(FOLL.FOLL_GET)
 _FOLL_PIN = int(FOLL.FOLL_PIN)
+_FOLL_FORCE = int(FOLL.FOLL_FORCE)
+_FOLL_LONGTERM = int(FOLL.FOLL_LONGTERM)
+_FOLL_FAST_ONLY = int(FOLL.FOLL_FAST_ONLY)
+_FOLL_NOFAULT = int(FOLL.FOLL_NOFAULT)
+_FOLL_REMOTE = int(FOLL.FOLL_REMOTE)
+_FOLL_TOUCH = int(FOLL.FOLL_TOUCH)
+_VM_WRITE = int(VM.VM_WRITE)
+_PG_ANON = np.uint32(PG.PG_anon)
+_PG_ANON_EXCLUSIVE = np.uint32(PG.PG_anon_exclusive)
+_PG_ANON_BOTH = np.uint32(PG.PG_anon | PG.PG_anon_exclusive)
+_PMD_PRESENT = np.uint8(PTE_PRESENT | PTE_PMD)
+_PMD_PRESENT_RW = np.uint8(PTE_PRESENT | PTE_PMD | PTE_RW)
 
 
 def _gup_fast_unique(
@@ -102,13 +115,74 @@ def _gup_fast_unique(
     return k
 
 
+def _gup_fast_pmd(
+    mm: MmStruct, start: int, nr_pages: int, write: int, pages: np.ndarray,
+    holder: object, pin: bool,
+) -> int:
+    """The other common case of GUP-fast: a page-aligned range inside one PMD-mapped THP
+    (``gup_fast_pmd_leaf()``: the pages of one folio, taken with one
+    ``try_grab_folio_fast(folio, refs, flags)``). Accepted only when the general walk would
+    take every page the same way: the PMD present (and writable for FOLL_WRITE), not special
+    (the huge zero folio goes the general way), and [6.18] for a read-only pin every page
+    anon-exclusive (``gup_must_unshare``); the folio's refcount > 0 and not wrapping. Then
+    the result is the general path's exactly (one scalar update on the head).
+
+    Return: pages taken, or -1 if the range does not qualify.
+    """
+    end = start + (nr_pages << PAGE_SHIFT) - 1
+    if start // HPAGE_PMD_SIZE != end // HPAGE_PMD_SIZE:
+        return -1
+    vma = mm.vma_cache
+    if vma is None or not vma.vm_start <= start < vma.vm_end:
+        vma = mm.vma_lookup(start)
+        if vma is None:
+            return -1
+        mm.vma_cache = vma
+    if end >= vma.vm_end:
+        return -1
+    pgdat = mm.pgdat
+    cfg = pgdat.cfg
+    if cfg.GUP_FORCED_COW:
+        write = _FOLL_WRITE  # v5.8: GUP-fast takes only writable PTEs (see _gup_fast)
+    s0 = (start - vma.vm_start) >> PAGE_SHIFT
+    fl = vma.pt_flags[s0 : s0 + nr_pages]
+    f0 = fl[fl.argmin()]
+    need = _PMD_PRESENT_RW if write else _PMD_PRESENT
+    if f0 != fl[fl.argmax()] or (f0 & need) != need or f0 & PTE_SPECIAL:
+        return -1
+    pfns = vma.pt_pfn[s0 : s0 + nr_pages]
+    pfn0 = int(pfns[0])
+    p = pgdat.pages
+    if pin and not write and cfg.ANON_EXCLUSIVE:
+        x = p.flags[pfn0 : pfn0 + nr_pages] & _PG_ANON_BOTH
+        if x[x.argmin()] != _PG_ANON_BOTH:
+            return -1  # some page may be shared: the general path unshares it
+    head = int(p.head[pfn0])
+    unit = int(p.pin_unit[head]) if pin else 1
+    before = int(p.refcount[head])
+    if before <= 0 or before + unit * nr_pages > INT32_MAX:
+        return -1
+    p.refcount[head] = before + unit * nr_pages
+    if pin:
+        mm.has_pinned = True
+        if unit == 1:
+            p.pincount[head] += nr_pages
+        if unit:
+            pgdat.vmstat.nr_foll_pin_acquired += nr_pages
+    pages[:nr_pages] = pfns
+    if pgdat.hooks.active and (unit or not pin):
+        pgdat.hooks.acquire("pin" if pin else "get", pfns.copy(), holder,
+                            "pin_user_pages_fast" if pin else "get_user_pages_fast")
+    return nr_pages
+
+
 _FAST_ALLOWED_59 = (
-    FOLL.FOLL_WRITE | FOLL.FOLL_LONGTERM | FOLL.FOLL_FORCE | FOLL.FOLL_PIN | FOLL.FOLL_GET
+    _FOLL_WRITE | _FOLL_LONGTERM | _FOLL_FORCE | _FOLL_PIN | _FOLL_GET
     | FOLL.FOLL_FAST_ONLY
 )
 _FAST_ALLOWED_6X = _FAST_ALLOWED_59 | FOLL.FOLL_NOFAULT
 _INTERNAL_GUP_FLAGS_6X = int(
-    FOLL.FOLL_TOUCH | FOLL.FOLL_REMOTE | FOLL.FOLL_PIN | FOLL.FOLL_FAST_ONLY
+    _FOLL_TOUCH | _FOLL_REMOTE | _FOLL_PIN | _FOLL_FAST_ONLY
 )
 """``INTERNAL_GUP_FLAGS`` [6.x] (with FOLL_TRIED, FOLL_UNLOCKABLE, FOLL_MADV_POPULATE,
 which the model does not define): a caller passing any of them fails is_valid_gup_args()."""
@@ -120,16 +194,16 @@ def _valid_gup_args(pgdat: PgData, gup_flags: int, to_set: int, site: str) -> bo
     if pgdat.cfg.GUP_ARGS_6X and gup_flags & _INTERNAL_GUP_FLAGS_6X:
         pgdat.events.warn_once(site, f"internal gup_flags {gup_flags:#x} from the caller")
         return False
-    if to_set == FOLL.FOLL_PIN and gup_flags & FOLL.FOLL_GET:
+    if to_set == _FOLL_PIN and gup_flags & _FOLL_GET:
         pgdat.events.warn_once(site, "FOLL_GET passed to a pin_user_pages*() call")
         return False
-    if to_set == FOLL.FOLL_GET and gup_flags & FOLL.FOLL_PIN:
+    if to_set == _FOLL_GET and gup_flags & _FOLL_PIN:
         pgdat.events.warn_once(site, "FOLL_PIN passed to a get_user_pages*() call")
         return False
     if (
         pgdat.cfg.GUP_ARGS_6X
-        and gup_flags & FOLL.FOLL_LONGTERM
-        and not (gup_flags | to_set) & FOLL.FOLL_PIN
+        and gup_flags & _FOLL_LONGTERM
+        and not (gup_flags | to_set) & _FOLL_PIN
     ):
         pgdat.events.warn_once(site, "FOLL_LONGTERM without FOLL_PIN")
         return False
@@ -161,12 +235,12 @@ def _check_vma_flags(vma: VmArea, gup_flags: int) -> int:
     vf = vma.vm_flags
     if vf & (VM.VM_IO | VM.VM_PFNMAP):
         return -errno.EFAULT
-    if gup_flags & FOLL.FOLL_WRITE:
+    if gup_flags & _FOLL_WRITE:
         if not vf & VM.VM_WRITE:
-            if not gup_flags & FOLL.FOLL_FORCE or not vma.is_cow_mapping():
+            if not gup_flags & _FOLL_FORCE or not vma.is_cow_mapping():
                 return -errno.EFAULT
     elif not vf & VM.VM_READ:
-        if not gup_flags & FOLL.FOLL_FORCE or not vf & VM.VM_MAYREAD:
+        if not gup_flags & _FOLL_FORCE or not vf & VM.VM_MAYREAD:
             return -errno.EFAULT
     return 0
 
@@ -194,7 +268,7 @@ def _take_ok(
     page (v6.2).
     """
     fl = vma.pt_flags[s0:s1]
-    write = gup_flags & FOLL.FOLL_WRITE
+    write = gup_flags & _FOLL_WRITE
     need = PTE_PRESENT
     if write:
         need = need | PTE_RW
@@ -202,20 +276,20 @@ def _take_ok(
     if fast:
         ok &= ((fl & PTE_SPECIAL) == 0) | ((fl & PTE_PMD) != 0)
     cfg = pgdat.cfg
-    force_write = write and gup_flags & FOLL.FOLL_FORCE and not vma.vm_flags & VM.VM_WRITE
-    unshare = cfg.ANON_EXCLUSIVE and gup_flags & FOLL.FOLL_PIN and not write
+    force_write = write and gup_flags & _FOLL_FORCE and not vma.vm_flags & _VM_WRITE
+    unshare = cfg.ANON_EXCLUSIVE and gup_flags & _FOLL_PIN and not write
     if force_write or unshare:
         pfns = vma.pt_pfn[s0:s1]
         pf = pgdat.pages.flags.take(np.maximum(pfns, 0))
-        anon = (pf & np.uint32(PG.PG_anon)) != 0
-        excl = anon & ((pf & np.uint32(PG.PG_anon_exclusive)) != 0)
+        anon = (pf & _PG_ANON) != 0
+        excl = anon & ((pf & _PG_ANON_EXCLUSIVE) != 0)
         if force_write:
             dirty = (fl & PTE_DIRTY) != 0
             ok |= ((fl & PTE_PRESENT) != 0) & excl & dirty
         if unshare:
             if (
                 cfg.GUP_LONGTERM_RO_UNSHARE
-                and gup_flags & FOLL.FOLL_LONGTERM
+                and gup_flags & _FOLL_LONGTERM
                 and vma.is_cow_mapping()
             ):
                 ok &= excl
@@ -237,8 +311,8 @@ def _gup_fast(
     if pgdat.cfg.GUP_FORCED_COW:
         # Linux commit 17839856fd58 (v5.8): GUP-fast only ever takes writable PTEs; a read
         # GUP of a COW-shared page falls to the slow path, which breaks COW.
-        gup_flags |= FOLL.FOLL_WRITE
-    write = gup_flags & FOLL.FOLL_WRITE
+        gup_flags |= _FOLL_WRITE
+    write = gup_flags & _FOLL_WRITE
     while got < nr_pages:
         vma = mm.vma_lookup(addr)
         if vma is None:
@@ -293,7 +367,7 @@ def __get_user_pages(
         err = _check_vma_flags(vma, gup_flags)
         if err:
             break
-        eff = gup_flags | (FOLL.FOLL_WRITE if _forced_cow(pgdat, vma) else 0)
+        eff = gup_flags | (_FOLL_WRITE if _forced_cow(pgdat, vma) else 0)
         s0 = (addr - vma.vm_start) >> PAGE_SHIFT
         s1 = s0 + min(nr_pages - i, vma.nr_pages - s0)
         last_fault, faults = -1, 0
@@ -312,11 +386,11 @@ def __get_user_pages(
                 continue
             # faultin_page(): write fault for FOLL_WRITE, else unshare or read fault.
             fflags = 0
-            if eff & FOLL.FOLL_WRITE:
+            if eff & _FOLL_WRITE:
                 fflags = FAULT_FLAG.FAULT_FLAG_WRITE
             elif vma.pt_flags[s0] & PTE_PRESENT:
                 fflags = FAULT_FLAG.FAULT_FLAG_UNSHARE
-            if gup_flags & FOLL.FOLL_NOFAULT:
+            if gup_flags & _FOLL_NOFAULT:
                 return i if i else -errno.EFAULT
             # A slot may need a read fault and then an unshare fault; more means no progress.
             faults = faults + 1 if last_fault == s0 else 1
@@ -341,7 +415,7 @@ def _gup_fast_fallback(
     if gup_flags & ~int(allowed):
         pgdat.events.warn_once(site, f"unsupported gup_flags {gup_flags:#x}")
         return -errno.EINVAL
-    if gup_flags & FOLL.FOLL_PIN:
+    if gup_flags & _FOLL_PIN:
         mm.has_pinned = True
     lo, end = _fast_range(pgdat, start, nr_pages)
     if lo < 0:
@@ -354,7 +428,7 @@ def _gup_fast_fallback(
     if len(pages) < nr:
         raise ValueError(f"{site}: pages array holds {len(pages)} entries, {nr} needed")
     got = _gup_fast(mm, lo, nr, gup_flags, pages, holder, site)
-    if got == nr or gup_flags & FOLL.FOLL_FAST_ONLY:
+    if got == nr or gup_flags & _FOLL_FAST_ONLY:
         return got
     rest = __get_user_pages(
         mm, lo + (got << PAGE_SHIFT), nr - got, gup_flags, pages[got:], holder, site
@@ -377,12 +451,14 @@ def get_user_pages_fast(
     """
     if not gup_flags & ~_FOLL_WRITE and 0 < nr_pages <= 512 and not start & 0xFFF:
         k = _gup_fast_unique(mm, start, nr_pages, gup_flags, pages, holder, False)
+        if k < 0:
+            k = _gup_fast_pmd(mm, start, nr_pages, gup_flags, pages, holder, False)
         if k >= 0:
             return k
-    if not _valid_gup_args(mm.pgdat, gup_flags, FOLL.FOLL_GET, "get_user_pages_fast"):
+    if not _valid_gup_args(mm.pgdat, gup_flags, _FOLL_GET, "get_user_pages_fast"):
         return -errno.EINVAL
     return _gup_fast_fallback(
-        mm, start, nr_pages, gup_flags | FOLL.FOLL_GET, pages, holder, "get_user_pages_fast"
+        mm, start, nr_pages, gup_flags | _FOLL_GET, pages, holder, "get_user_pages_fast"
     )
 
 
@@ -400,12 +476,14 @@ def pin_user_pages_fast(
     """
     if not gup_flags & ~_FOLL_WRITE and 0 < nr_pages <= 512 and not start & 0xFFF:
         k = _gup_fast_unique(mm, start, nr_pages, gup_flags, pages, holder, True)
+        if k < 0:
+            k = _gup_fast_pmd(mm, start, nr_pages, gup_flags, pages, holder, True)
         if k >= 0:
             return k
-    if not _valid_gup_args(mm.pgdat, gup_flags, FOLL.FOLL_PIN, "pin_user_pages_fast"):
+    if not _valid_gup_args(mm.pgdat, gup_flags, _FOLL_PIN, "pin_user_pages_fast"):
         return -errno.EINVAL
     return _gup_fast_fallback(
-        mm, start, nr_pages, gup_flags | FOLL.FOLL_PIN, pages, holder, "pin_user_pages_fast"
+        mm, start, nr_pages, gup_flags | _FOLL_PIN, pages, holder, "pin_user_pages_fast"
     )
 
 
@@ -414,7 +492,7 @@ def _gup_slow(
     holder: object, site: str,
 ) -> int:
     pgdat = mm.pgdat
-    if gup_flags & FOLL.FOLL_PIN:
+    if gup_flags & _FOLL_PIN:
         mm.has_pinned = True
     if nr_pages < 0:
         # nr_pages is unsigned long here: a negative count walks on until something fails.
@@ -437,9 +515,9 @@ def get_user_pages(
 
     Return: as :func:`get_user_pages_fast`.
     """
-    if not _valid_gup_args(mm.pgdat, gup_flags, FOLL.FOLL_GET, "get_user_pages"):
+    if not _valid_gup_args(mm.pgdat, gup_flags, _FOLL_GET, "get_user_pages"):
         return -errno.EINVAL
-    return _gup_slow(mm, start, nr_pages, gup_flags | FOLL.FOLL_GET, pages, holder,
+    return _gup_slow(mm, start, nr_pages, gup_flags | _FOLL_GET, pages, holder,
                      "get_user_pages")
 
 
@@ -452,16 +530,16 @@ def pin_user_pages(
     Return: pages pinned or -errno; with FOLL_GET in ``gup_flags``: -EINVAL [5.9], 0 [6.18]
     (``is_valid_gup_args`` fails and ``pin_user_pages`` returns 0).
     """
-    if not _valid_gup_args(mm.pgdat, gup_flags, FOLL.FOLL_PIN, "pin_user_pages"):
+    if not _valid_gup_args(mm.pgdat, gup_flags, _FOLL_PIN, "pin_user_pages"):
         return 0 if mm.pgdat.cfg.GUP_ARGS_6X else -errno.EINVAL
-    return _gup_slow(mm, start, nr_pages, gup_flags | FOLL.FOLL_PIN, pages, holder,
+    return _gup_slow(mm, start, nr_pages, gup_flags | _FOLL_PIN, pages, holder,
                      "pin_user_pages")
 
 
 # --- release --------------------------------------------------------------------------------
 def unpin_user_page(pgdat: PgData, page: int, *, holder: object = None) -> None:
     """``unpin_user_page()``: release one FOLL_PIN taken by pin_user_pages*() or pin_page()."""
-    gup_put_pages(pgdat, np.array([page], np.int64), FOLL.FOLL_PIN, holder, "unpin_user_page")
+    gup_put_pages(pgdat, np.array([page], np.int64), _FOLL_PIN, holder, "unpin_user_page")
 
 
 def unpin_user_pages(
@@ -501,7 +579,7 @@ def unpin_user_pages_dirty_lock(
     for head in p.head.take(arr).tolist():
         if not int(p.flags[head]) & PG.PG_dirty:
             set_folio_dirty_lock(pgdat, head)
-    gup_put_pages(pgdat, arr, FOLL.FOLL_PIN, holder, "unpin_user_pages_dirty_lock")
+    gup_put_pages(pgdat, arr, _FOLL_PIN, holder, "unpin_user_pages_dirty_lock")
 
 
 def pin_page(pgdat: PgData, page: int, *, holder: object = None) -> None:

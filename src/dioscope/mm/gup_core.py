@@ -103,6 +103,14 @@ def _first_failing(pre: np.ndarray, heads: np.ndarray, inc: np.ndarray) -> int:
     return int(order[bad].min())
 
 
+_FOLL_PIN = int(FOLL.FOLL_PIN)
+
+
+def _wrap32(v: int) -> int:
+    """``v`` as an int32 ``atomic_t`` holds it (two's complement wrap)."""
+    return ((v + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
 def try_grab_pages(
     pgdat: PgData, pages: np.ndarray, flags: int, holder: object, site: str
 ) -> int:
@@ -118,8 +126,26 @@ def try_grab_pages(
         return 0
     p = pgdat.pages
     heads = p.head.take(pages)
+    pin = bool(flags & _FOLL_PIN)
+    if heads[heads.argmin()] == heads[heads.argmax()]:
+        # Every entry in one folio (pages of one THP, say): one scalar update on its head,
+        # unless the refcount is <= 0 or would wrap (then the exact walk below decides).
+        head = int(heads[0])
+        unit = int(p.pin_unit[head]) if pin else 1
+        before = int(p.refcount[head])
+        if before > 0 and before + unit * n <= INT32_MAX:
+            p.refcount[head] = before + unit * n
+            if pin:
+                if unit == 1:
+                    p.pincount[head] += n
+                if unit:
+                    pgdat.vmstat.nr_foll_pin_acquired += n
+                    if pgdat.hooks.active:
+                        pgdat.hooks.acquire("pin", pages, holder, site)
+            elif pgdat.hooks.active:
+                pgdat.hooks.acquire("get", pages, holder, site)
+            return n
     pre = p.refcount.take(heads)
-    pin = bool(flags & FOLL.FOLL_PIN)
     inc = p.pin_unit.take(heads) if pin else np.ones(n, np.int32)
     if pre.min() <= 0 or int(pre.max()) + int(inc.sum(dtype=np.int64)) > INT32_MAX:
         k = _first_failing(pre, heads, inc)
@@ -148,7 +174,6 @@ def try_grab_pages(
 
 _BIAS = np.full(512, 1024, np.int32)
 _ONES = np.ones(512, np.int32)
-_FOLL_PIN = int(FOLL.FOLL_PIN)
 
 
 def _units(n: int, pin: bool) -> np.ndarray | np.int32:
@@ -225,7 +250,7 @@ def gup_put_pages(
                 pgdat.hooks.release("pin", pages, holder, site)
             pgdat.vmstat.nr_foll_pin_released += 1
             rc = p.refcount
-            post1 = int(rc[page]) - 1024
+            post1 = _wrap32(int(rc[page]) - 1024)  # atomic_t wraps
             rc[page] = post1
             if post1 <= 0:
                 free_zeroed(pgdat, pages, np.array([post1], np.int32), site)
@@ -252,6 +277,21 @@ def gup_put_pages(
         if not n:
             return
     heads = p.head.take(pages)
+    if flags & _FOLL_PIN and heads[heads.argmin()] == heads[heads.argmax()]:
+        # Every entry in one folio (pages of one THP, say): one scalar update on its head.
+        head = int(heads[0])
+        unit = int(p.pin_unit[head])
+        if unit:
+            if pgdat.hooks.active:
+                pgdat.hooks.release("pin", pages, holder, site)
+            pgdat.vmstat.nr_foll_pin_released += n
+            if unit == 1:
+                p.pincount[head] -= n
+            post1 = _wrap32(int(p.refcount[head]) - unit * n)  # atomic_t wraps
+            p.refcount[head] = post1
+            if post1 <= 0:
+                free_zeroed(pgdat, heads[:1], np.array([post1], np.int32), site)
+        return
     if flags & FOLL.FOLL_PIN:
         dec = p.pin_unit.take(heads)
         counted = dec != 0
