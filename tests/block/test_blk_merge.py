@@ -174,7 +174,8 @@ def test_fast_split_of_multi_page_bvecs_agrees_with_the_loop() -> None:
     for _ in range(600):
         n = int(rng.integers(1, 40))
         offs = (rng.integers(0, 8, n) * 512).astype(np.int64)
-        lens = np.array([int(rng.integers(1, 64)) * 512 for _ in range(n)], np.int64)
+        # Lengths from 0 (an empty bvec, at any offset) to 63 sectors.
+        lens = np.array([int(rng.integers(0, 64)) * 512 for _ in range(n)], np.int64)
         pages = (np.cumsum(rng.integers(1, 40, n)) + 100).astype(np.int64)
         seg = int(rng.choice([1 << 16, 1 << 20, 0xFFFFFFFF]))
         mask = int(rng.choice([0xFFFF, 0xFFFFF, 0xFFFFFFFF]))
@@ -190,6 +191,21 @@ def test_fast_split_of_multi_page_bvecs_agrees_with_the_loop() -> None:
         taken += 1
         assert _split_fast(lim, offs, lens, max_bytes, align) == slow, (offs, lens, lim)
     assert declined > 50 and taken > 200
+
+
+def test_an_empty_bvec_past_the_first_page_is_no_segment() -> None:
+    """The loop counts an empty bvec as a segment only through its within-one-page shortcut;
+    one whose offset lies past the first page goes to bvec_split_segs and adds nothing. With
+    multi-page bvecs around it the array form declines, and the loop's count stands."""
+    lim = QueueLimits(max_hw_sectors_kb=2147483647, max_segments=19)
+    pages = np.arange(19, dtype=np.int64) * 10 + 100
+    offs = np.zeros(19, np.int64)
+    lens = np.full(19, 8192, np.int64)
+    offs[18], lens[18] = 8192, 0
+    assert not _one_segment_each(lim, pages, offs, lens)
+    assert _split_slow(lim, pages, offs, lens, lim.max_bytes) == (False, 18, 18 * 8192)
+    offs[18] = 512  # within the first page: the shortcut counts it
+    assert _split_slow(lim, pages, offs, lens, lim.max_bytes) == (False, 19, 18 * 8192)
 
 
 def test_map_sg_merges_contiguous_bvecs(kit: Any) -> None:

@@ -93,3 +93,21 @@ def test_pinning_part_of_a_thp_is_one_update_on_its_head(profile: str,
     unpin_user_pages(k.pgdat, pages, 64)
     assert (int(pg.refcount[head]), int(pg.pincount[head])) == (rc0, pc0)
     assert k.vmstat.pins() == (64, 64)
+
+
+@pytest.mark.parametrize("thp", [False, True], ids=["small", "thp"])
+def test_a_short_pages_array_is_refused_before_anything_is_pinned(thp: bool) -> None:
+    """Both shortcuts decline a pages array shorter than nr_pages, so the general path's
+    check fires first: nothing pinned, nothing counted."""
+    k = Kernel("32M", "6.18")
+    p = k.spawn()
+    raw = p.mmap(2 * HPAGE_PMD_SIZE)
+    a = (raw + HPAGE_PMD_SIZE - 1) & ~(HPAGE_PMD_SIZE - 1)
+    if thp:
+        p.madvise(a, HPAGE_PMD_SIZE, MADV_HUGEPAGE)
+    p.touch(a, HPAGE_PMD_SIZE, write=True)
+    rc = k.pgdat.pages.refcount.copy()
+    with pytest.raises(ValueError, match="pages array holds 4 entries, 8 needed"):
+        pin_user_pages_fast(p.mm, a, 8, W, np.empty(4, np.int64))
+    assert k.vmstat.pins() == (0, 0)
+    assert (k.pgdat.pages.refcount == rc).all()

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..kernel.npfast import amax, any_set
+from ..kernel.npfast import amax, amin, any_set
 from ..kernel.trace import blk_fill_rwbs, trace_event
 from ..kernel.types import PAGE_SHIFT, PAGE_SIZE
 from .bio_completion import bio_chain, bio_endio, bio_split, errno_to_blk_status
@@ -174,12 +174,14 @@ def _one_segment_each(lim: QueueLimits, pages: np.ndarray, offs: np.ndarray,
     """True when the loop would count every bvec as exactly one segment: no virt boundary,
     and each bvec either lies within one page (the loop's own shortcut) or fits one segment
     whole (``get_max_segment_size()``: not longer than ``max_segment_size``, not crossing
-    ``seg_boundary_mask``)."""
+    ``seg_boundary_mask``). An empty bvec among multi-page ones declines: the loop counts it
+    as a segment only when its offset lies within the first page."""
     if lim.virt_boundary_mask:
         return False
     if amax(offs + lens) <= PAGE_SIZE:
         return True
-    if amax(lens) > lim.max_segment_size:
+    if amax(lens) > lim.max_segment_size or amin(lens) == 0:
+        # (an empty bvec past the first page adds no segment in the loop: decline)
         return False
     first = (pages << PAGE_SHIFT) + offs
     mask = lim.seg_boundary_mask

@@ -86,6 +86,8 @@ def _gup_fast_unique(
     Return: pages taken, or -1 if the range does not qualify (the caller takes the general
     path, which also does all argument checking).
     """
+    if len(pages) < nr_pages:
+        return -1  # the general path reports a short pages array before grabbing anything
     vma = mm.vma_cache
     if vma is None or not vma.vm_start <= start < vma.vm_end:
         vma = mm.vma_lookup(start)
@@ -130,8 +132,8 @@ def _gup_fast_pmd(
     Return: pages taken, or -1 if the range does not qualify.
     """
     end = start + (nr_pages << PAGE_SHIFT) - 1
-    if start // HPAGE_PMD_SIZE != end // HPAGE_PMD_SIZE:
-        return -1
+    if start // HPAGE_PMD_SIZE != end // HPAGE_PMD_SIZE or len(pages) < nr_pages:
+        return -1  # (a short pages array: the general path reports it before grabbing)
     vma = mm.vma_cache
     if vma is None or not vma.vm_start <= start < vma.vm_end:
         vma = mm.vma_lookup(start)

@@ -277,20 +277,21 @@ def gup_put_pages(
         if not n:
             return
     heads = p.head.take(pages)
-    if flags & _FOLL_PIN and heads[heads.argmin()] == heads[heads.argmax()]:
+    if (flags & _FOLL_PIN and heads[heads.argmin()] == heads[heads.argmax()]
+            and p.pin_unit[heads[0]]):
         # Every entry in one folio (pages of one THP, say): one scalar update on its head.
+        # (A pin-exempt zero page takes the general path, which checks it all the same.)
         head = int(heads[0])
         unit = int(p.pin_unit[head])
-        if unit:
-            if pgdat.hooks.active:
-                pgdat.hooks.release("pin", pages, holder, site)
-            pgdat.vmstat.nr_foll_pin_released += n
-            if unit == 1:
-                p.pincount[head] -= n
-            post1 = _wrap32(int(p.refcount[head]) - unit * n)  # atomic_t wraps
-            p.refcount[head] = post1
-            if post1 <= 0:
-                free_zeroed(pgdat, heads[:1], np.array([post1], np.int32), site)
+        if pgdat.hooks.active:
+            pgdat.hooks.release("pin", pages, holder, site)
+        pgdat.vmstat.nr_foll_pin_released += n
+        if unit == 1:
+            p.pincount[head] -= n
+        post1 = _wrap32(int(p.refcount[head]) - unit * n)  # atomic_t wraps
+        p.refcount[head] = post1
+        if post1 <= 0:
+            free_zeroed(pgdat, heads[:1], np.array([post1], np.int32), site)
         return
     if flags & FOLL.FOLL_PIN:
         dec = p.pin_unit.take(heads)

@@ -101,7 +101,7 @@ def free_zeroed(pgdat: PgData, heads: np.ndarray, post: np.ndarray, site: str) -
     p = pgdat.pages
     cand = np.unique(heads[post == 0])
     cand = cand[p.refcount.take(cand) == 0]
-    if len(cand) > 1:
+    if len(cand) > 1 and not pgdat.hooks.active:  # observed frees stay in pfn order
         small = p.order.take(cand) == 0
         free_pages_bulk(pgdat, cand[small], site)
         cand = cand[~small]
