@@ -22,9 +22,9 @@ from ..kernel.npfast import all_set
 from ..kernel.types import HPAGE_PMD_SIZE, PAGE_MASK, PAGE_SHIFT, TASK_SIZE
 from .gup_core import (
     FOLL,
-    INT32_MAX,
     gup_put_pages,
     set_folio_dirty_lock,
+    try_grab_folio,
     try_grab_pages,
     try_grab_unique_small,
 )
@@ -73,6 +73,34 @@ _PMD_PRESENT = np.uint8(PTE_PRESENT | PTE_PMD)
 _PMD_PRESENT_RW = np.uint8(PTE_PRESENT | PTE_PMD | PTE_RW)
 
 
+def _vma_cached(mm: MmStruct, addr: int) -> VmArea | None:
+    """The VMA holding ``addr``, trying the one the last lookup found first (``mm->vmacache``
+    of 5.9; 6.x walks the maple tree, which the model's per-mm cache stands in for)."""
+    vma = mm.vma_cache
+    if vma is None or not vma.vm_start <= addr < vma.vm_end:
+        vma = mm.vma_lookup(addr)
+        if vma is not None:
+            mm.vma_cache = vma
+    return vma
+
+
+def _gup_fast_shortcuts(
+    mm: MmStruct, start: int, nr_pages: int, gup_flags: int, pages: np.ndarray,
+    holder: object, pin: bool,
+) -> int:
+    """The two common cases of GUP-fast, tried before the general path by
+    ``get_user_pages_fast`` and ``pin_user_pages_fast``: plain flags (FOLL_WRITE at most), a
+    page-aligned range of at most 512 pages, and either distinct small exclusive anon pages
+    (:func:`_gup_fast_unique`) or one PMD-mapped THP (:func:`_gup_fast_pmd`).
+    Return: pages taken, or -1 (take the general path)."""
+    if gup_flags & ~_FOLL_WRITE or not 0 < nr_pages <= 512 or start & 0xFFF:
+        return -1
+    k = _gup_fast_unique(mm, start, nr_pages, gup_flags, pages, holder, pin)
+    if k < 0:
+        k = _gup_fast_pmd(mm, start, nr_pages, gup_flags, pages, holder, pin)
+    return k
+
+
 def _gup_fast_unique(
     mm: MmStruct, start: int, nr_pages: int, write: int, pages: np.ndarray,
     holder: object, pin: bool,
@@ -88,12 +116,9 @@ def _gup_fast_unique(
     """
     if len(pages) < nr_pages:
         return -1  # the general path reports a short pages array before grabbing anything
-    vma = mm.vma_cache
-    if vma is None or not vma.vm_start <= start < vma.vm_end:
-        vma = mm.vma_lookup(start)
-        if vma is None:
-            return -1
-        mm.vma_cache = vma
+    vma = _vma_cached(mm, start)
+    if vma is None:
+        return -1
     s0 = (start - vma.vm_start) >> PAGE_SHIFT
     pgdat = mm.pgdat
     if pgdat.cfg.GUP_FORCED_COW:
@@ -127,19 +152,17 @@ def _gup_fast_pmd(
     take every page the same way: the PMD present (and writable for FOLL_WRITE), not special
     (the huge zero folio goes the general way), and [6.18] for a read-only pin every page
     anon-exclusive (``gup_must_unshare``); the folio's refcount > 0 and not wrapping. Then
-    the result is the general path's exactly (one scalar update on the head).
+    the result is the general path's exactly: the same one-folio update (``try_grab_folio``)
+    that ``try_grab_pages`` makes.
 
     Return: pages taken, or -1 if the range does not qualify.
     """
     end = start + (nr_pages << PAGE_SHIFT) - 1
     if start // HPAGE_PMD_SIZE != end // HPAGE_PMD_SIZE or len(pages) < nr_pages:
         return -1  # (a short pages array: the general path reports it before grabbing)
-    vma = mm.vma_cache
-    if vma is None or not vma.vm_start <= start < vma.vm_end:
-        vma = mm.vma_lookup(start)
-        if vma is None:
-            return -1
-        mm.vma_cache = vma
+    vma = _vma_cached(mm, start)
+    if vma is None:
+        return -1
     if end >= vma.vm_end:
         return -1
     pgdat = mm.pgdat
@@ -159,22 +182,12 @@ def _gup_fast_pmd(
         x = p.flags[pfn0 : pfn0 + nr_pages] & _PG_ANON_BOTH
         if x[x.argmin()] != _PG_ANON_BOTH:
             return -1  # some page may be shared: the general path unshares it
-    head = int(p.head[pfn0])
-    unit = int(p.pin_unit[head]) if pin else 1
-    before = int(p.refcount[head])
-    if before <= 0 or before + unit * nr_pages > INT32_MAX:
+    if not try_grab_folio(pgdat, int(p.head[pfn0]), pfns, pin, holder,
+                       "pin_user_pages_fast" if pin else "get_user_pages_fast"):
         return -1
-    p.refcount[head] = before + unit * nr_pages
     if pin:
         mm.has_pinned = True
-        if unit == 1:
-            p.pincount[head] += nr_pages
-        if unit:
-            pgdat.vmstat.nr_foll_pin_acquired += nr_pages
     pages[:nr_pages] = pfns
-    if pgdat.hooks.active and (unit or not pin):
-        pgdat.hooks.acquire("pin" if pin else "get", pfns.copy(), holder,
-                            "pin_user_pages_fast" if pin else "get_user_pages_fast")
     return nr_pages
 
 
@@ -451,12 +464,9 @@ def get_user_pages_fast(
     only if none (-EINVAL for FOLL_PIN in ``gup_flags``, -EFAULT for an unmapped or
     forbidden first page).
     """
-    if not gup_flags & ~_FOLL_WRITE and 0 < nr_pages <= 512 and not start & 0xFFF:
-        k = _gup_fast_unique(mm, start, nr_pages, gup_flags, pages, holder, False)
-        if k < 0:
-            k = _gup_fast_pmd(mm, start, nr_pages, gup_flags, pages, holder, False)
-        if k >= 0:
-            return k
+    k = _gup_fast_shortcuts(mm, start, nr_pages, gup_flags, pages, holder, False)
+    if k >= 0:
+        return k
     if not _valid_gup_args(mm.pgdat, gup_flags, _FOLL_GET, "get_user_pages_fast"):
         return -errno.EINVAL
     return _gup_fast_fallback(
@@ -476,12 +486,9 @@ def pin_user_pages_fast(
     read-only first page, and for a range beyond TASK_SIZE; [6.18] -EOVERFLOW when the range
     wraps. A zero or negative ``nr_pages`` returns 0 [5.9].
     """
-    if not gup_flags & ~_FOLL_WRITE and 0 < nr_pages <= 512 and not start & 0xFFF:
-        k = _gup_fast_unique(mm, start, nr_pages, gup_flags, pages, holder, True)
-        if k < 0:
-            k = _gup_fast_pmd(mm, start, nr_pages, gup_flags, pages, holder, True)
-        if k >= 0:
-            return k
+    k = _gup_fast_shortcuts(mm, start, nr_pages, gup_flags, pages, holder, True)
+    if k >= 0:
+        return k
     if not _valid_gup_args(mm.pgdat, gup_flags, _FOLL_PIN, "pin_user_pages_fast"):
         return -errno.EINVAL
     return _gup_fast_fallback(

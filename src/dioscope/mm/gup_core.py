@@ -24,7 +24,7 @@ import enum
 import numpy as np
 
 from ..kernel.npfast import any_set
-from .page import PG
+from .page import GUP_PIN_COUNTING_BIAS, PG
 from .page_alloc import PgData
 from .page_ref import free_zeroed, put_pages
 
@@ -34,6 +34,7 @@ __all__ = [
     "folio_maybe_dma_pinned",
     "gup_put_pages",
     "page_maybe_dma_pinned",
+    "try_grab_folio",
     "try_grab_pages",
     "try_grab_unique_small",
 ]
@@ -111,6 +112,51 @@ def _wrap32(v: int) -> int:
     return ((v + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
 
 
+def try_grab_folio(pgdat: PgData, head: int, pages: np.ndarray, pin: bool, holder: object,
+                site: str) -> bool:
+    """``try_grab_folio(folio, refs, flags)`` for the ``len(pages)`` entries of ``pages``,
+    all pages of the folio headed by ``head``: one scalar update (refcount, pincount for a
+    folio that has one, the pin counter, the hooks).
+
+    Return: False, touching nothing, if the refcount is <= 0 or would wrap past INT32_MAX
+    (the caller's exact walk then decides what succeeds and what WARNs).
+    """
+    p = pgdat.pages
+    n = len(pages)
+    unit = int(p.pin_unit[head]) if pin else 1
+    before = int(p.refcount[head])
+    if before <= 0 or before + unit * n > INT32_MAX:
+        return False
+    p.refcount[head] = before + unit * n
+    if pin:
+        if unit == 1:
+            p.pincount[head] += n
+        if not unit:
+            return True  # a pin-exempt zero page: nothing counted, nothing reported
+        pgdat.vmstat.nr_foll_pin_acquired += n
+    if pgdat.hooks.active:
+        pgdat.hooks.acquire("pin" if pin else "get", pages.copy(), holder, site)
+    return True
+
+
+def _put_folio_pins(pgdat: PgData, head: int, unit: int, pages: np.ndarray, holder: object,
+                    site: str) -> None:
+    """``gup_put_folio(folio, refs, FOLL_PIN)`` for the ``len(pages)`` entries of ``pages``,
+    all pages of the folio headed by ``head`` whose pins weigh ``unit`` (not 0): one scalar
+    update; the refcount wraps as an ``atomic_t`` does; freed at zero."""
+    p = pgdat.pages
+    n = len(pages)
+    if pgdat.hooks.active:
+        pgdat.hooks.release("pin", pages, holder, site)
+    pgdat.vmstat.nr_foll_pin_released += n
+    if unit == 1:
+        p.pincount[head] -= n
+    post = _wrap32(int(p.refcount[head]) - unit * n)
+    p.refcount[head] = post
+    if post <= 0:
+        free_zeroed(pgdat, np.array([head], np.int64), np.array([post], np.int32), site)
+
+
 def try_grab_pages(
     pgdat: PgData, pages: np.ndarray, flags: int, holder: object, site: str
 ) -> int:
@@ -127,24 +173,9 @@ def try_grab_pages(
     p = pgdat.pages
     heads = p.head.take(pages)
     pin = bool(flags & _FOLL_PIN)
-    if heads[heads.argmin()] == heads[heads.argmax()]:
-        # Every entry in one folio (pages of one THP, say): one scalar update on its head,
-        # unless the refcount is <= 0 or would wrap (then the exact walk below decides).
-        head = int(heads[0])
-        unit = int(p.pin_unit[head]) if pin else 1
-        before = int(p.refcount[head])
-        if before > 0 and before + unit * n <= INT32_MAX:
-            p.refcount[head] = before + unit * n
-            if pin:
-                if unit == 1:
-                    p.pincount[head] += n
-                if unit:
-                    pgdat.vmstat.nr_foll_pin_acquired += n
-                    if pgdat.hooks.active:
-                        pgdat.hooks.acquire("pin", pages, holder, site)
-            elif pgdat.hooks.active:
-                pgdat.hooks.acquire("get", pages, holder, site)
-            return n
+    if heads[heads.argmin()] == heads[heads.argmax()] and try_grab_folio(
+            pgdat, int(heads[0]), pages, pin, holder, site):
+        return n  # every entry in one folio (pages of one THP, say)
     pre = p.refcount.take(heads)
     inc = p.pin_unit.take(heads) if pin else np.ones(n, np.int32)
     if pre.min() <= 0 or int(pre.max()) + int(inc.sum(dtype=np.int64)) > INT32_MAX:
@@ -197,17 +228,10 @@ def try_grab_unique_small(
     pin = flags & _FOLL_PIN
     n = len(pfns)
     inc = 1024 if pin else 1
-    if n == 1:  # one page: scalar arithmetic, no array temporaries
-        pfn = int(pfns[0])
-        before = int(rc[pfn])
-        if before <= 0 or before + inc > INT32_MAX:
-            return try_grab_pages(pgdat, pfns, flags, holder, site)
-        rc[pfn] = before + inc
-        if pin:
-            pgdat.vmstat.nr_foll_pin_acquired += 1
-        if pgdat.hooks.active:
-            pgdat.hooks.acquire("pin" if pin else "get", pfns.copy(), holder, site)
-        return 1
+    if n == 1:  # one page, its own head: scalar arithmetic, no array temporaries
+        if try_grab_folio(pgdat, int(pfns[0]), pfns, bool(pin), holder, site):
+            return 1
+        return try_grab_pages(pgdat, pfns, flags, holder, site)
     # Same-dtype array operands: numpy's scalar casting costs more than the add itself.
     units = _units(n, bool(pin))
     p0 = int(pfns[pfns.argmin()])
@@ -245,15 +269,8 @@ def gup_put_pages(
     p = pgdat.pages
     if n == 1 and flags & _FOLL_PIN:
         page = int(pages[0])
-        if page >= 0 and p.small[page]:  # one order-0 page: scalar arithmetic
-            if pgdat.hooks.active:
-                pgdat.hooks.release("pin", pages, holder, site)
-            pgdat.vmstat.nr_foll_pin_released += 1
-            rc = p.refcount
-            post1 = _wrap32(int(rc[page]) - 1024)  # atomic_t wraps
-            rc[page] = post1
-            if post1 <= 0:
-                free_zeroed(pgdat, pages, np.array([post1], np.int32), site)
+        if page >= 0 and p.small[page]:  # one order-0 page, its own head
+            _put_folio_pins(pgdat, page, GUP_PIN_COUNTING_BIAS, pages, holder, site)
             return
     if flags & _FOLL_PIN:
         small = p.small.take(pages)
@@ -279,19 +296,10 @@ def gup_put_pages(
     heads = p.head.take(pages)
     if (flags & _FOLL_PIN and heads[heads.argmin()] == heads[heads.argmax()]
             and p.pin_unit[heads[0]]):
-        # Every entry in one folio (pages of one THP, say): one scalar update on its head.
-        # (A pin-exempt zero page takes the general path, which checks it all the same.)
+        # Every entry in one folio (pages of one THP, say). (A pin-exempt zero page takes
+        # the general path, which checks it all the same.)
         head = int(heads[0])
-        unit = int(p.pin_unit[head])
-        if pgdat.hooks.active:
-            pgdat.hooks.release("pin", pages, holder, site)
-        pgdat.vmstat.nr_foll_pin_released += n
-        if unit == 1:
-            p.pincount[head] -= n
-        post1 = _wrap32(int(p.refcount[head]) - unit * n)  # atomic_t wraps
-        p.refcount[head] = post1
-        if post1 <= 0:
-            free_zeroed(pgdat, heads[:1], np.array([post1], np.int32), site)
+        _put_folio_pins(pgdat, head, int(p.pin_unit[head]), pages, holder, site)
         return
     if flags & FOLL.FOLL_PIN:
         dec = p.pin_unit.take(heads)
