@@ -349,23 +349,6 @@ class FileDevice(BlockDevice):
         and the disk are the same.
         """
         mem = self.pgdat.mem.view
-        if len(phys) == 1:  # one segment: one host call moves it all, nearly always
-            p, n = phys[0], lens[0]
-            m = self.align - 1
-            fd = self.direct_fd
-            if fd is not None and not (offset | p | n) & m:
-                try:
-                    got = (os.pwritev if write else os.preadv)(fd, [mem[p : p + n]], offset)
-                except OSError:
-                    got = -1
-                if got == n:
-                    self.direct_requests += 1
-                    return n
-                if got > 0:  # a short host transfer: carry on from there
-                    self.direct_requests += 1
-                    return got + self._move(write, offset + got, [mem[p + got : p + n]],
-                                            self._aligned(offset + got, [p + got], [n - got]))
-            # not aligned, or the host refused O_DIRECT: the general path decides
         if len(phys) > (BOUNCE_WRITE_SEGS if write else BOUNCE_READ_SEGS):
             total = sum(lens)
             bounce = self._bounce_for(total)
@@ -400,8 +383,8 @@ class FileDevice(BlockDevice):
         op = os.pwritev if write else os.preadv
         done = 0
         while bufs:
-            chunk = bufs[:_IOV_MAX]
-            want = sum(len(b) for b in chunk)
+            chunk = bufs if len(bufs) <= _IOV_MAX else bufs[:_IOV_MAX]
+            want = sum(map(len, chunk))
             try:
                 n = op(fd, chunk, offset + done)
             except OSError:
