@@ -252,6 +252,18 @@ def free_pages_check(pgdat: PgData, pfn: int) -> str | None:
     return None
 
 
+def _clear_freed(p: PageArray, frames: slice | np.ndarray, pfns: np.ndarray) -> None:
+    """The state a freed frame keeps: no flags, no folio (each frame its own head, order 0),
+    no mapping; ``frames`` selects them, ``pfns`` are their numbers in the same order."""
+    p.flags[frames] = 0
+    p.order[frames] = 0
+    p.head[frames] = pfns
+    p.mapping[frames] = 0
+    p.index[frames] = 0
+    p.pin_unit[frames] = GUP_PIN_COUNTING_BIAS
+    p.small[frames] = 0
+
+
 def free_pages(pgdat: PgData, pfn: int, site: str = "__folio_put") -> bool:
     """Free the folio headed by ``pfn`` whose refcount has reached zero.
 
@@ -267,14 +279,7 @@ def free_pages(pgdat: PgData, pfn: int, site: str = "__folio_put") -> bool:
     n = 1 << order
     if pgdat.hooks.active:
         pgdat.hooks.free(np.arange(pfn, pfn + n, dtype=np.int64), order, site)
-    sl = slice(pfn, pfn + n)
-    p.flags[sl] = 0
-    p.order[sl] = 0
-    p.head[sl] = np.arange(pfn, pfn + n, dtype=np.int64)
-    p.mapping[sl] = 0
-    p.index[sl] = 0
-    p.pin_unit[sl] = GUP_PIN_COUNTING_BIAS
-    p.small[sl] = 0
+    _clear_freed(p, slice(pfn, pfn + n), np.arange(pfn, pfn + n, dtype=np.int64))
     pgdat.vmstat.nr_free_pages += n
     _free_one_block(pgdat, pfn, order)
     return True
@@ -307,12 +312,7 @@ def free_pages_bulk(pgdat: PgData, pfns: np.ndarray, site: str = "free_unref_fol
         for pfn in pfns[bad].tolist():
             free_pages(pgdat, pfn, site)
         pfns = pfns[~bad]
-    p.flags[pfns] = 0
-    p.head[pfns] = pfns
-    p.mapping[pfns] = 0
-    p.index[pfns] = 0
-    p.pin_unit[pfns] = GUP_PIN_COUNTING_BIAS
-    p.small[pfns] = 0
+    _clear_freed(p, pfns, pfns)
     pgdat.vmstat.nr_free_pages += len(pfns)
     # __free_one_page() for the whole batch, one order at a time.
     bo = pgdat.buddy_order
