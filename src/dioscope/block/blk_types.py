@@ -238,22 +238,18 @@ class Bio:
         multi-page bvec contributes each of its pages). This is what
         ``bio_release_pages`` walks. Read-only; remembered until the used bvecs change
         (submission dirties, completion checks and releases the same pages)."""
-        key = self.bi_io_vec[: self.bi_vcnt].tobytes()
-        if key == self._pages_key:
+        if self.bi_io_vec[: self.bi_vcnt].tobytes() == self._pages_key:
             return self._pages_val  # type: ignore[return-value]
-        val = self._pages()
-        val.flags.writeable = False
-        self._pages_key, self._pages_val = key, val
-        return val
+        return self.seed_pages(self._pages())
 
-    def seed_pages(self, pages: np.ndarray) -> None:
+    def seed_pages(self, pages: np.ndarray) -> np.ndarray:
         """Remember ``pages`` as what :meth:`pages` returns for the bvecs as they are now
         (the caller just built them from exactly these pages, in order). ``pages`` becomes
-        read-only."""
-        val = pages
-        val.flags.writeable = False
+        read-only. Return: ``pages``."""
+        pages.flags.writeable = False
         self._pages_key = self.bi_io_vec[: self.bi_vcnt].tobytes()
-        self._pages_val = val
+        self._pages_val = pages
+        return pages
 
     def _pages(self) -> np.ndarray:
         if not self.bi_vcnt:

@@ -66,6 +66,7 @@ LLONG_MAX = (1 << 63) - 1
 
 _DIRTY = np.uint32(PG.PG_dirty)
 _WRITEBACK = np.uint32(PG.PG_writeback)
+_DIRTY_OR_WRITEBACK = np.uint32(PG.PG_dirty | PG.PG_writeback)
 _NOT_DIRTY = np.uint32(~PG.PG_dirty & 0xFFFFFFFF)
 _NOT_WRITEBACK = np.uint32(~PG.PG_writeback & 0xFFFFFFFF)
 
@@ -241,7 +242,7 @@ def _write_and_wait(mapping: AddressSpace, lstart: int, lend: int) -> int:
     flags = mapping.pgdat.pages.flags
     if first == last:  # one page: one lookup, no arrays
         pfn = mapping.i_pages.get(first)
-        if pfn < 0 or not flags[pfn] & (_DIRTY | _WRITEBACK):
+        if pfn < 0 or not flags[pfn] & _DIRTY_OR_WRITEBACK:
             return 0
     _idx, pfns = mapping.present(first, last + 1)
     if not len(pfns):
