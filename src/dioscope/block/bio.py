@@ -37,7 +37,7 @@ from ..lib.iov_iter_pages import (
     iov_iter_pin_pages,
 )
 from ..mm.gup import unpin_user_page
-from ..mm.gup_core import FOLL, gup_put_pages, set_folio_dirty_lock
+from ..mm.gup_core import FOLL, gup_put_pages, set_folio_dirty_lock, unpin_user_folio
 from ..mm.page import PG
 from ..mm.page_alloc import PgData
 from ..mm.page_ref import put_page
@@ -163,6 +163,10 @@ def bio_release_pages(bio: Bio, mark_dirty: bool) -> None:
             return
     elif bio.bi_flags & _BIO_NO_PAGE_REF:
         return
+    if cfg.DIO_FOLL_PIN and not mark_dirty and not pgdat.hooks.active:
+        folios = _bvec_folios(bio)
+        if folios is not None and _unpin_folios(bio, folios):
+            return
     pages = bio.pages()
     if mark_dirty:
         p = pgdat.pages
@@ -180,6 +184,55 @@ def bio_release_pages(bio: Bio, mark_dirty: bool) -> None:
 _FEW_PAGES = 4
 """Up to this many pages, the dirty-page passes walk plain ints instead of numpy arrays."""
 
+_FEW_BVECS = 4
+"""Up to this many bvecs, the dirty and release passes try :func:`_bvec_folios`."""
+
+
+def _bvec_folios(bio: Bio) -> list[tuple[int, int, int]] | None:
+    """``bio_for_each_folio_all()`` for a bio of few bvecs none of which spans two folios:
+    ``(folio head, first page, pages)`` per bvec, in order (a multi-page bvec in one THP is
+    one entry, not one per page). A run of consecutive pages lies in one folio when its
+    first and last pages do (a folio is physically contiguous).
+    Return: None when there are more than :data:`_FEW_BVECS` bvecs or one crosses a folio
+    boundary (the caller walks the pages)."""
+    if bio.bi_vcnt > _FEW_BVECS:
+        return None
+    rows = bio.bi_io_vec[: bio.bi_vcnt]
+    key = rows.tobytes()
+    if key == bio.folios_key:  # submission dirties, completion checks and releases
+        return bio.folios_val
+    head = bio.pgdat.pages.head
+    found: list[tuple[int, int, int]] = []
+    out: list[tuple[int, int, int]] | None = found
+    for page, lo in rows.tolist():
+        off = lo & 0xFFFFFFFF
+        first = page + (off >> PAGE_SHIFT)
+        n = ((off & (PAGE_SIZE - 1)) + (lo >> 32) + PAGE_SIZE - 1) >> PAGE_SHIFT
+        if not n:
+            continue  # an empty bvec covers no page (as in Bio.pages)
+        h = int(head[first])
+        if n > 1 and int(head[first + n - 1]) != h:
+            out = None
+            break
+        found.append((h, first, n))
+    bio.folios_key, bio.folios_val = key, out
+    return out
+
+
+def _unpin_folios(bio: Bio, folios: list[tuple[int, int, int]]) -> bool:
+    """[6.18] ``__bio_release_pages(bio, false)``: ``unpin_user_folio(folio, nr_pages)``
+    per folio of :func:`_bvec_folios` ([5.9-pin] unpins page by page; the counts and the
+    order are the same). Return: False, having released nothing, if a folio is the
+    pin-exempt zero page (the page walk handles it)."""
+    pgdat = bio.pgdat
+    unit = pgdat.pages.pin_unit
+    if len(folios) > 1 and not all(unit[h] for h, _, _ in folios):
+        return False
+    for h, first, n in folios:
+        if not unpin_user_folio(pgdat, h, n, first, bio.holder, "bio_release_pages"):
+            return False  # only the first can decline here: nothing released yet
+    return True
+
 
 def bio_set_pages_dirty(bio: Bio) -> None:
     """``bio_set_pages_dirty()``: dirty the pages of a READ before it is submitted, so they
@@ -187,8 +240,18 @@ def bio_set_pages_dirty(bio: Bio) -> None:
     pgdat = bio.pgdat
     p = pgdat.pages
     v6 = pgdat.cfg.IOV_ITER_EXTRACT
-    pages = bio.pages()
     if not pgdat.hooks.tracepoints:  # no one listens: PG_dirty stored directly
+        folios = _bvec_folios(bio)
+        if folios is not None:
+            flags, order = p.flags, p.order
+            for h, first, _n in folios:
+                if v6:
+                    flags[h] |= _PG_DIRTY
+                elif not order[first]:  # [5.9] !PageCompound: a small page, its own head
+                    flags[first] |= _PG_DIRTY
+            return
+    pages = bio.pages()
+    if not pgdat.hooks.tracepoints:
         if len(pages) <= _FEW_PAGES:  # plain ints beat numpy's per-call overhead
             flags, head, order = p.flags, p.head, p.order
             for page in pages.tolist():
@@ -215,8 +278,12 @@ def bio_check_pages_dirty(bio: Bio) -> None:
     pgdat = bio.pgdat
     p = pgdat.pages
     v6 = pgdat.cfg.IOV_ITER_EXTRACT
-    pages = bio.pages()
-    if len(pages) <= _FEW_PAGES:
+    folios = _bvec_folios(bio)
+    if folios is not None:
+        flags, order = p.flags, p.order
+        all_dirty = all(flags[h] & _PG_DIRTY or (not v6 and order[first])
+                        for h, first, _n in folios)
+    elif len(pages := bio.pages()) <= _FEW_PAGES:
         flags, head, order = p.flags, p.head, p.order
         all_dirty = True
         for page in pages.tolist():
@@ -416,6 +483,8 @@ def __bio_iov_iter_get_pages_6(bio: Bio, it: IovIter) -> int:
     return 0
 
 
+_RAMP = np.arange(BIO_MAX_VECS, dtype=np.int64)
+
 _VEC_ADD_MIN = 8
 """From this many extracted pages on, :func:`__bio_iov_iter_get_pages_6` adds them with array
 operations (:func:`_bio_add_extracted_runs`) instead of a walk page by page."""
@@ -440,6 +509,18 @@ def _bio_add_extracted_runs(bio: Bio, it: IovIter, extracted: np.ndarray, offset
     vec = bio.bi_io_vec
     bi_iter = bio.bi_iter
     vcnt = bio.bi_vcnt
+    n = len(extracted)
+    first_page = int(extracted[0])
+    if (not vcnt and n <= BIO_MAX_VECS and int(extracted[-1]) - first_page == n - 1
+            and all_set(extracted - first_page == _RAMP[:n])):
+        # One run into an empty bio (a THP buffer, or physically consecutive pages): one
+        # bvec; an empty bio has room and nothing to merge with.
+        vec[0, 0] = first_page
+        vec[0, 1] = (size << 32) | offset
+        bio.bi_vcnt = 1
+        bi_iter.bi_size += size
+        bio.seed_pages(extracted)
+        return 0
     # Page i (i > 0) starts byte i * PAGE_SIZE - offset of the extraction; a run ends where
     # the next one starts, the last at ``size``.
     brk = [i + 1 for i in ((extracted[1:] - extracted[:-1]) != 1).nonzero()[0].tolist()]
@@ -448,7 +529,6 @@ def _bio_add_extracted_runs(bio: Bio, it: IovIter, extracted: np.ndarray, offset
     ends = [i * PAGE_SIZE - offset for i in brk]
     ends.append(size)
     lens = [ends[0], *(b - a for a, b in pairwise(ends))]
-    first_page = firsts[0]
     merge = False
     if vcnt:
         lpage, llo = vec[vcnt - 1].tolist()

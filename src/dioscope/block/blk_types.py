@@ -156,6 +156,8 @@ class Bio:
         "bi_remaining",
         "bi_status",
         "bi_vcnt",
+        "folios_key",
+        "folios_val",
         "holder",
         "pgdat",
         "seq",
@@ -187,6 +189,11 @@ class Bio:
         """Who the sanitizer says holds this bio's page references (the bio itself)."""
         self._pages_key: bytes | None = None
         self._pages_val: np.ndarray | None = None
+        self.folios_key: bytes | None = None
+        self.folios_val: list[tuple[int, int, int]] | None = None
+        """Model-only: ``block/bio.py`` remembers its folio walk of the used bvecs here
+        (the bvecs' bytes, and the walk), as :meth:`pages` remembers its pages. The pages
+        are pinned meanwhile, so their folios cannot be split or freed."""
 
     # --- op ------------------------------------------------------------------------------
     def bio_op(self) -> int:

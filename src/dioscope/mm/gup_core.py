@@ -24,7 +24,7 @@ import enum
 import numpy as np
 
 from ..kernel.npfast import any_set
-from .page import GUP_PIN_COUNTING_BIAS, PG
+from .page import PG
 from .page_alloc import PgData
 from .page_ref import free_zeroed, put_pages
 
@@ -37,6 +37,7 @@ __all__ = [
     "try_grab_folio",
     "try_grab_pages",
     "try_grab_unique_small",
+    "unpin_user_folio",
 ]
 
 INT32_MAX = (1 << 31) - 1
@@ -139,14 +140,16 @@ def try_grab_folio(pgdat: PgData, head: int, pages: np.ndarray, pin: bool, holde
     return True
 
 
-def _put_folio_pins(pgdat: PgData, head: int, unit: int, pages: np.ndarray, holder: object,
-                    site: str) -> None:
-    """``gup_put_folio(folio, refs, FOLL_PIN)`` for the ``len(pages)`` entries of ``pages``,
-    all pages of the folio headed by ``head`` whose pins weigh ``unit`` (not 0): one scalar
-    update; the refcount wraps as an ``atomic_t`` does; freed at zero."""
+def _put_folio_pins(pgdat: PgData, head: int, unit: int, n: int, pages: np.ndarray | int,
+                    holder: object, site: str) -> None:
+    """``gup_put_folio(folio, n, FOLL_PIN)`` (``unpin_user_folio``) for ``n`` pages of the
+    folio headed by ``head`` whose pins weigh ``unit`` (not 0): one scalar update; the
+    refcount wraps as an ``atomic_t`` does; freed at zero. ``pages``: those pages, as an
+    array or as the first of ``n`` consecutive ones (only the hooks look at them)."""
     p = pgdat.pages
-    n = len(pages)
     if pgdat.hooks.active:
+        if isinstance(pages, int):
+            pages = np.arange(pages, pages + n, dtype=np.int64)
         pgdat.hooks.release("pin", pages, holder, site)
     pgdat.vmstat.nr_foll_pin_released += n
     if unit == 1:
@@ -155,6 +158,22 @@ def _put_folio_pins(pgdat: PgData, head: int, unit: int, pages: np.ndarray, hold
     p.refcount[head] = post
     if post <= 0:
         free_zeroed(pgdat, np.array([head], np.int64), np.array([post], np.int32), site)
+
+
+def unpin_user_folio(pgdat: PgData, head: int, n: int, first: int, holder: object,
+                     site: str) -> bool:
+    """[6.11+] ``unpin_user_folio(folio, npages)`` (mm/gup.c; what 6.18's
+    ``__bio_release_pages`` calls per folio): drop the pins of the ``n`` consecutive pages
+    from ``first``, all in the folio headed by ``head``, with one update.
+
+    Return: False, touching nothing, for a pin-exempt zero page (the caller takes the
+    page-by-page path, which checks it).
+    """
+    unit = int(pgdat.pages.pin_unit[head])
+    if not unit:
+        return False
+    _put_folio_pins(pgdat, head, unit, n, first, holder, site)
+    return True
 
 
 def try_grab_pages(
@@ -269,9 +288,12 @@ def gup_put_pages(
     p = pgdat.pages
     if n == 1 and flags & _FOLL_PIN:
         page = int(pages[0])
-        if page >= 0 and p.small[page]:  # one order-0 page, its own head
-            _put_folio_pins(pgdat, page, GUP_PIN_COUNTING_BIAS, pages, holder, site)
-            return
+        if page >= 0:  # one page: scalar arithmetic on its folio (the zero page declines)
+            head = int(p.head[page])
+            unit = int(p.pin_unit[head])
+            if unit:
+                _put_folio_pins(pgdat, head, unit, 1, pages, holder, site)
+                return
     if flags & _FOLL_PIN:
         small = p.small.take(pages)
         if small[small.argmin()]:
@@ -299,7 +321,7 @@ def gup_put_pages(
         # Every entry in one folio (pages of one THP, say). (A pin-exempt zero page takes
         # the general path, which checks it all the same.)
         head = int(heads[0])
-        _put_folio_pins(pgdat, head, int(p.pin_unit[head]), pages, holder, site)
+        _put_folio_pins(pgdat, head, int(p.pin_unit[head]), n, pages, holder, site)
         return
     if flags & FOLL.FOLL_PIN:
         dec = p.pin_unit.take(heads)
