@@ -158,7 +158,6 @@ class Bio:
         "bi_vcnt",
         "folios_key",
         "folios_val",
-        "holder",
         "pgdat",
         "seq",
     )
@@ -185,8 +184,6 @@ class Bio:
         Bio._seq += 1
         self.seq = Bio._seq
         """Model-only: allocation order, for provenance and traces."""
-        self.holder: object = self
-        """Who the sanitizer says holds this bio's page references (the bio itself)."""
         self._pages_key: bytes | None = None
         self._pages_val: np.ndarray | None = None
         self.folios_key: bytes | None = None
@@ -194,6 +191,13 @@ class Bio:
         """Model-only: ``block/bio.py`` remembers its folio walk of the used bvecs here
         (the bvecs' bytes, and the walk), as :meth:`pages` remembers its pages. The pages
         are pinned meanwhile, so their folios cannot be split or freed."""
+
+    @property
+    def holder(self) -> object:
+        """Who the sanitizer says holds this bio's page references: the bio itself. (A
+        property, not an attribute naming ``self``: that would make every bio, and its
+        dio and kiocb, a reference cycle left to the cyclic garbage collector.)"""
+        return self
 
     # --- op ------------------------------------------------------------------------------
     def bio_op(self) -> int:
