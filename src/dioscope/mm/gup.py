@@ -95,10 +95,14 @@ def _gup_fast_shortcuts(
     Return: pages taken, or -1 (take the general path)."""
     if gup_flags & ~_FOLL_WRITE or not 0 < nr_pages <= 512 or start & 0xFFF:
         return -1
-    k = _gup_fast_unique(mm, start, nr_pages, gup_flags, pages, holder, pin)
-    if k < 0:
-        k = _gup_fast_pmd(mm, start, nr_pages, gup_flags, pages, holder, pin)
-    return k
+    vma = _vma_cached(mm, start)
+    if vma is None:
+        return -1
+    s0 = (start - vma.vm_start) >> PAGE_SHIFT
+    if s0 < len(vma.pt_flags) and vma.pt_flags[s0] & PTE_PMD:
+        # A PMD mapping: never PTE_FASTPIN, so only the THP shortcut can take it.
+        return _gup_fast_pmd(mm, start, nr_pages, gup_flags, pages, holder, pin)
+    return _gup_fast_unique(mm, start, nr_pages, gup_flags, pages, holder, pin)
 
 
 def _gup_fast_unique(
