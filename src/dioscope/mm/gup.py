@@ -101,12 +101,12 @@ def _gup_fast_shortcuts(
     s0 = (start - vma.vm_start) >> PAGE_SHIFT
     if s0 < len(vma.pt_flags) and vma.pt_flags[s0] & PTE_PMD:
         # A PMD mapping: never PTE_FASTPIN, so only the THP shortcut can take it.
-        return _gup_fast_pmd(mm, start, nr_pages, gup_flags, pages, holder, pin)
-    return _gup_fast_unique(mm, start, nr_pages, gup_flags, pages, holder, pin)
+        return _gup_fast_pmd(mm, vma, start, nr_pages, gup_flags, pages, holder, pin)
+    return _gup_fast_unique(mm, vma, s0, nr_pages, gup_flags, pages, holder, pin)
 
 
 def _gup_fast_unique(
-    mm: MmStruct, start: int, nr_pages: int, write: int, pages: np.ndarray,
+    mm: MmStruct, vma: VmArea, s0: int, nr_pages: int, write: int, pages: np.ndarray,
     holder: object, pin: bool,
 ) -> int:
     """The common case of GUP-fast, checked in one pass: a page-aligned range inside one VMA
@@ -120,10 +120,6 @@ def _gup_fast_unique(
     """
     if len(pages) < nr_pages:
         return -1  # the general path reports a short pages array before grabbing anything
-    vma = _vma_cached(mm, start)
-    if vma is None:
-        return -1
-    s0 = (start - vma.vm_start) >> PAGE_SHIFT
     pgdat = mm.pgdat
     if pgdat.cfg.GUP_FORCED_COW:
         write = _FOLL_WRITE  # v5.8: GUP-fast takes only writable PTEs (see _gup_fast)
@@ -147,7 +143,7 @@ def _gup_fast_unique(
 
 
 def _gup_fast_pmd(
-    mm: MmStruct, start: int, nr_pages: int, write: int, pages: np.ndarray,
+    mm: MmStruct, vma: VmArea, start: int, nr_pages: int, write: int, pages: np.ndarray,
     holder: object, pin: bool,
 ) -> int:
     """The other common case of GUP-fast: a page-aligned range inside one PMD-mapped THP
@@ -164,9 +160,6 @@ def _gup_fast_pmd(
     end = start + (nr_pages << PAGE_SHIFT) - 1
     if start // HPAGE_PMD_SIZE != end // HPAGE_PMD_SIZE or len(pages) < nr_pages:
         return -1  # (a short pages array: the general path reports it before grabbing)
-    vma = _vma_cached(mm, start)
-    if vma is None:
-        return -1
     if end >= vma.vm_end:
         return -1
     pgdat = mm.pgdat
