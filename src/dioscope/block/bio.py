@@ -167,14 +167,21 @@ def bio_release_pages(bio: Bio, mark_dirty: bool) -> None:
         folios = _bvec_folios(bio)
         if folios is not None and _unpin_folios(bio, folios):
             return
+    if mark_dirty and cfg.IOV_ITER_EXTRACT:
+        # [6.18] __bio_release_pages(): per folio, dirty it under its lock, then unpin it.
+        for h, first, n in _folio_walk(bio):
+            set_folio_dirty_lock(pgdat, h)
+            if not unpin_user_folio(pgdat, h, n, first, bio.holder, "bio_release_pages"):
+                gup_put_pages(pgdat, np.arange(first, first + n, dtype=np.int64), _FOLL_PIN,
+                              bio.holder, "bio_release_pages")  # the pin-exempt zero page
+        return
     pages = bio.pages()
-    if mark_dirty:
+    if mark_dirty:  # [5.9]/[5.9-pin]: page by page, compound pages skipped
         p = pgdat.pages
         for page in pages.tolist():
-            head = int(p.head[page])
-            if not cfg.IOV_ITER_EXTRACT and int(p.order[page]) > 0:
+            if int(p.order[page]) > 0:
                 continue  # [5.9] !PageCompound
-            set_folio_dirty_lock(pgdat, head if cfg.IOV_ITER_EXTRACT else page)
+            set_folio_dirty_lock(pgdat, page)
     if cfg.DIO_FOLL_PIN:
         gup_put_pages(pgdat, pages, _FOLL_PIN, bio.holder, "bio_release_pages")
     else:
@@ -219,6 +226,28 @@ def _bvec_folios(bio: Bio) -> list[tuple[int, int, int]] | None:
     return out
 
 
+def _folio_walk(bio: Bio) -> list[tuple[int, int, int]]:
+    """[6.18] ``bio_for_each_folio_all()``: ``(folio head, first page, pages)`` for each
+    piece of a bvec that lies in one folio, in bvec order (a bvec crossing folios gives one
+    piece per folio; two bvecs in one folio give two pieces, as in the kernel)."""
+    folios = _bvec_folios(bio)
+    if folios is not None:
+        return folios
+    pages = bio.pages()
+    if not len(pages):
+        return []
+    heads = bio.pgdat.pages.head.take(pages)
+    rows = bio.bi_io_vec[: bio.bi_vcnt]
+    off = rows[:, 1] & 0xFFFFFFFF
+    npg = ((off & (PAGE_SIZE - 1)) + (rows[:, 1] >> 32) + PAGE_SIZE - 1) >> PAGE_SHIFT
+    cut = np.zeros(len(pages), bool)
+    cut[(np.cumsum(npg) - npg)[npg > 0]] = True  # each bvec starts a piece
+    cut[1:] |= heads[1:] != heads[:-1]  # and so does each change of folio
+    at = np.flatnonzero(cut)
+    lens = np.diff(at, append=len(pages))
+    return list(zip(heads[at].tolist(), pages[at].tolist(), lens.tolist(), strict=True))
+
+
 def _unpin_folios(bio: Bio, folios: list[tuple[int, int, int]]) -> bool:
     """[6.18] ``__bio_release_pages(bio, false)``: ``unpin_user_folio(folio, nr_pages)``
     per folio of :func:`_bvec_folios` ([5.9-pin] unpins page by page; the counts and the
@@ -250,6 +279,10 @@ def bio_set_pages_dirty(bio: Bio) -> None:
                 elif not order[first]:  # [5.9] !PageCompound: a small page, its own head
                     flags[first] |= _PG_DIRTY
             return
+    if pgdat.hooks.tracepoints and v6:  # someone listens: one locked dirtying per folio
+        for h, _first, _n in _folio_walk(bio):
+            set_folio_dirty_lock(pgdat, h)
+        return
     pages = bio.pages()
     if not pgdat.hooks.tracepoints:
         if len(pages) <= _FEW_PAGES:  # plain ints beat numpy's per-call overhead
@@ -264,10 +297,10 @@ def bio_set_pages_dirty(bio: Bio) -> None:
         else:
             p.flags[pages[p.order[pages] == 0]] |= _PG_DIRTY
         return
-    for page in pages.tolist():
-        if not v6 and int(p.order[page]) > 0:
+    for page in pages.tolist():  # [5.9]: page by page, compound pages skipped
+        if int(p.order[page]) > 0:
             continue
-        set_folio_dirty_lock(pgdat, int(p.head[page]) if v6 else page)
+        set_folio_dirty_lock(pgdat, page)
 
 
 def bio_check_pages_dirty(bio: Bio) -> None:
