@@ -37,7 +37,13 @@ from ..lib.iov_iter_pages import (
     iov_iter_pin_pages,
 )
 from ..mm.gup import unpin_user_page
-from ..mm.gup_core import FOLL, gup_put_pages, set_folio_dirty_lock, unpin_user_folio
+from ..mm.gup_core import (
+    FOLL,
+    free_unpinned,
+    gup_put_pages,
+    set_folio_dirty_lock,
+    unpin_user_folio,
+)
 from ..mm.page import PG
 from ..mm.page_alloc import PgData
 from ..mm.page_ref import put_page
@@ -169,11 +175,15 @@ def bio_release_pages(bio: Bio, mark_dirty: bool) -> None:
             return
     if mark_dirty and cfg.IOV_ITER_EXTRACT:
         # [6.18] __bio_release_pages(): per folio, dirty it under its lock, then unpin it.
+        # (Folios left at zero are freed together at the end, in the page walk's order.)
+        zeroed: list[tuple[int, int]] = []
         for h, first, n in _folio_walk(bio):
             set_folio_dirty_lock(pgdat, h)
-            if not unpin_user_folio(pgdat, h, n, first, bio.holder, "bio_release_pages"):
+            if not unpin_user_folio(pgdat, h, n, first, bio.holder, "bio_release_pages",
+                                    zeroed):
                 gup_put_pages(pgdat, np.arange(first, first + n, dtype=np.int64), _FOLL_PIN,
                               bio.holder, "bio_release_pages")  # the pin-exempt zero page
+        free_unpinned(pgdat, zeroed, "bio_release_pages")
         return
     pages = bio.pages()
     if mark_dirty:  # [5.9]/[5.9-pin]: page by page, compound pages skipped
@@ -216,7 +226,9 @@ def _bvec_folios(bio: Bio) -> list[tuple[int, int, int]] | None:
         first = page + (off >> PAGE_SHIFT)
         n = ((off & (PAGE_SIZE - 1)) + (lo >> 32) + PAGE_SIZE - 1) >> PAGE_SHIFT
         if not n:
-            continue  # an empty bvec covers no page (as in Bio.pages)
+            # SIMPLIFIED: an empty bvec covers no page, as in Bio.pages (the kernel's walk
+            # would visit its folio with length 0; Direct I/O never builds one).
+            continue
         h = int(head[first])
         if n > 1 and int(head[first + n - 1]) != h:
             out = None
@@ -250,16 +262,21 @@ def _folio_walk(bio: Bio) -> list[tuple[int, int, int]]:
 
 def _unpin_folios(bio: Bio, folios: list[tuple[int, int, int]]) -> bool:
     """[6.18] ``__bio_release_pages(bio, false)``: ``unpin_user_folio(folio, nr_pages)``
-    per folio of :func:`_bvec_folios` ([5.9-pin] unpins page by page; the counts and the
-    order are the same). Return: False, having released nothing, if a folio is the
+    per folio of :func:`_bvec_folios` ([5.9-pin] unpins page by page: the same counts, in
+    the same order). Folios left at refcount zero are freed together at the end, in the
+    order the page walk frees them (pfn order), so the allocator's state does not depend
+    on which path ran. Return: False, having released nothing, if a folio is the
     pin-exempt zero page (the page walk handles it)."""
     pgdat = bio.pgdat
     unit = pgdat.pages.pin_unit
     if len(folios) > 1 and not all(unit[h] for h, _, _ in folios):
         return False
+    zeroed: list[tuple[int, int]] = []
     for h, first, n in folios:
-        if not unpin_user_folio(pgdat, h, n, first, bio.holder, "bio_release_pages"):
+        if not unpin_user_folio(pgdat, h, n, first, bio.holder, "bio_release_pages",
+                                zeroed):
             return False  # only the first can decline here: nothing released yet
+    free_unpinned(pgdat, zeroed, "bio_release_pages")
     return True
 
 

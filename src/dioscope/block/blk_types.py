@@ -190,7 +190,8 @@ class Bio:
         self.folios_val: list[tuple[int, int, int]] | None = None
         """Model-only: ``block/bio.py`` remembers its folio walk of the used bvecs here
         (the bvecs' bytes, and the walk), as :meth:`pages` remembers its pages. The pages
-        are pinned meanwhile, so their folios cannot be split or freed."""
+        are pinned (or, [5.9], referenced) meanwhile, so their folios cannot be split or
+        freed."""
 
     @property
     def holder(self) -> object:

@@ -32,6 +32,7 @@ __all__ = [
     "FOLL",
     "INT32_MAX",
     "folio_maybe_dma_pinned",
+    "free_unpinned",
     "gup_put_pages",
     "page_maybe_dma_pinned",
     "try_grab_folio",
@@ -141,11 +142,15 @@ def try_grab_folio(pgdat: PgData, head: int, pages: np.ndarray, pin: bool, holde
 
 
 def _put_folio_pins(pgdat: PgData, head: int, unit: int, n: int, pages: np.ndarray | int,
-                    holder: object, site: str) -> None:
+                    holder: object, site: str,
+                    zeroed: list[tuple[int, int]] | None = None) -> None:
     """``gup_put_folio(folio, n, FOLL_PIN)`` (``unpin_user_folio``) for ``n`` pages of the
     folio headed by ``head`` whose pins weigh ``unit`` (not 0): one scalar update; the
     refcount wraps as an ``atomic_t`` does; freed at zero. ``pages``: those pages, as an
-    array or as the first of ``n`` consecutive ones (only the hooks look at them)."""
+    array or as the first of ``n`` consecutive ones (only the hooks look at them).
+    ``zeroed``: where to append ``(head, refcount)`` instead of freeing now, for a caller
+    releasing several folios that frees them together (in pfn order, as
+    :func:`~dioscope.mm.page_ref.free_zeroed` does for a batch)."""
     p = pgdat.pages
     if pgdat.hooks.active:
         if isinstance(pages, int):
@@ -157,14 +162,18 @@ def _put_folio_pins(pgdat: PgData, head: int, unit: int, n: int, pages: np.ndarr
     post = _wrap32(int(p.refcount[head]) - unit * n)
     p.refcount[head] = post
     if post <= 0:
-        free_zeroed(pgdat, np.array([head], np.int64), np.array([post], np.int32), site)
+        if zeroed is not None:
+            zeroed.append((head, post))
+        else:
+            free_zeroed(pgdat, np.array([head], np.int64), np.array([post], np.int32), site)
 
 
 def unpin_user_folio(pgdat: PgData, head: int, n: int, first: int, holder: object,
-                     site: str) -> bool:
-    """[6.11+] ``unpin_user_folio(folio, npages)`` (mm/gup.c; what 6.18's
-    ``__bio_release_pages`` calls per folio): drop the pins of the ``n`` consecutive pages
-    from ``first``, all in the folio headed by ``head``, with one update.
+                     site: str, zeroed: list[tuple[int, int]] | None = None) -> bool:
+    """[6.12+] ``unpin_user_folio(folio, npages)`` (mm/gup.c, added with "mm: release number
+    of pages of a folio"; what 6.18's ``__bio_release_pages`` calls per folio): drop the pins
+    of the ``n`` consecutive pages from ``first``, all in the folio headed by ``head``, with
+    one update. ``zeroed``: as for :func:`_put_folio_pins`.
 
     Return: False, touching nothing, for a pin-exempt zero page (the caller takes the
     page-by-page path, which checks it).
@@ -172,8 +181,16 @@ def unpin_user_folio(pgdat: PgData, head: int, n: int, first: int, holder: objec
     unit = int(pgdat.pages.pin_unit[head])
     if not unit:
         return False
-    _put_folio_pins(pgdat, head, unit, n, first, holder, site)
+    _put_folio_pins(pgdat, head, unit, n, first, holder, site, zeroed)
     return True
+
+
+def free_unpinned(pgdat: PgData, zeroed: list[tuple[int, int]], site: str) -> None:
+    """Free the folios :func:`unpin_user_folio` left in ``zeroed`` at refcount zero, all at
+    once, in the order a batch release frees them (pfn order)."""
+    if zeroed:
+        heads, post = zip(*zeroed, strict=True)
+        free_zeroed(pgdat, np.array(heads, np.int64), np.array(post, np.int32), site)
 
 
 def try_grab_pages(
