@@ -35,6 +35,20 @@ from dioscope.sanitizer import Sanitizer
 from dioscope.syscalls.process import Process
 
 SMALL = 16  # small pages after the THP
+SPAN = HPAGE_PMD_SIZE + SMALL * PAGE_SIZE
+
+
+def _draw_segs(data: st.DataObject, most: int, max_pages: int) -> list[tuple[int, int]]:
+    """1..``most`` iovecs (offset, length; 512-byte multiples, at most ``max_pages`` pages)
+    in the buffer, half of them starting near or among the small pages."""
+    near_small = (HPAGE_PMD_SIZE - 4 * PAGE_SIZE) // 512  # the last THP pages, the small ones
+    segs = []
+    for _ in range(data.draw(st.integers(1, most))):
+        off = data.draw(st.one_of(st.integers(0, SPAN // 512 - 1),
+                                  st.integers(near_small, SPAN // 512 - 1))) * 512
+        n = data.draw(st.integers(1, min(max_pages * PAGE_SIZE, SPAN - off) // 512)) * 512
+        segs.append((off, n))
+    return segs
 
 
 def _thp_then_small(k: Kernel, order: list[int]) -> tuple[Process, int]:
@@ -92,15 +106,8 @@ def test_folio_walk_equals_page_walk(data: st.DataObject) -> None:
     runs; that walk is checked against a plain one below.)"""
     profile = data.draw(st.sampled_from(["5.9", "5.9-pin", "6.18"]))
     order = data.draw(st.permutations(range(SMALL)))
-    span = HPAGE_PMD_SIZE + SMALL * PAGE_SIZE
-    segs = []
-    near_small = (HPAGE_PMD_SIZE - 4 * PAGE_SIZE) // 512  # the last THP pages, the small ones
-    for _ in range(data.draw(st.integers(1, 3))):
-        off = data.draw(st.one_of(st.integers(0, span // 512 - 1),
-                                  st.integers(near_small, span // 512 - 1))) * 512
-        n = data.draw(st.integers(1, min(256 * PAGE_SIZE, span - off) // 512)) * 512
-        segs.append((off, n))
-    clean = data.draw(st.lists(st.integers(0, span // PAGE_SIZE - 1), max_size=3))
+    segs = _draw_segs(data, 3, 256)
+    clean = data.draw(st.lists(st.integers(0, SPAN // PAGE_SIZE - 1), max_size=3))
     unmap = data.draw(st.booleans())
     with pytest.MonkeyPatch.context() as mp:
         pages = _run(False, profile, order, segs, clean, unmap, mp)
@@ -146,15 +153,7 @@ def test_folio_walk_matches_the_plain_walk(data: st.DataObject) -> None:
     """Both forms of :func:`_folio_walk` (few bvecs; the array form) equal the plain walk,
     for bios mixing THP and small pages, in many bvecs or few."""
     order = data.draw(st.permutations(range(SMALL)))
-    span = HPAGE_PMD_SIZE + SMALL * PAGE_SIZE
-    segs = []
-    near_small = (HPAGE_PMD_SIZE - 4 * PAGE_SIZE) // 512  # the last THP pages, the small ones
-    for _ in range(data.draw(st.integers(1, 6))):
-        off = data.draw(st.one_of(st.integers(0, span // 512 - 1),
-                                  st.integers(near_small, span // 512 - 1))) * 512
-        n = data.draw(st.integers(1, min(64 * PAGE_SIZE, span - off) // 512)) * 512
-        segs.append((off, n))
-    _check_walk(order, segs)
+    _check_walk(order, _draw_segs(data, 6, 64))
 
 
 def _check_walk(order: list[int], segs: list[tuple[int, int]]) -> None:
