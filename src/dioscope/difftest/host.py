@@ -228,18 +228,6 @@ class HostRun(StepAddressing):
 
         return action
 
-    def _check_access(self, step: Step) -> None:
-        m = self._mapping(step.args["buf"])
-        at, length = step.args["at"], step.args["length"]
-        write = step.op == "fill" or step.args.get("mode") == "write"
-        need = L.PROT_READ | (L.PROT_WRITE if write else 0)
-        if not m.allows(at, length, need):
-            what = "writable" if write else "readable"
-            raise HostRunError(
-                f'bytes [{at}, {at + length}) of mapping "{m.name}" are not all '
-                f"mapped {what}, so the runner would crash"
-            )
-
     def _op_mmap(self, step: Step) -> tuple[int, int]:
         a = step.args
         prot = prot_bits(a["prot"])
@@ -288,19 +276,13 @@ class HostRun(StepAddressing):
     def _op_munmap(self, step: Step) -> tuple[int, int]:
         m, at, length = self._mem_range(step)
         r = L.munmap(m.addr + at, length)
-        if r[1] == 0:
-            for other in self.maps.values():
-                other.set_range(m.addr + at, length, UNMAPPED)
-        return r
+        return self._set_prot(m.addr + at, length, r, UNMAPPED)
 
     def _op_mprotect(self, step: Step) -> tuple[int, int]:
         m, at, length = self._mem_range(step)
         prot = prot_bits(step.args["prot"])
         r = L.mprotect(m.addr + at, length, prot)
-        if r[1] == 0:
-            for other in self.maps.values():
-                other.set_range(m.addr + at, length, prot)
-        return r
+        return self._set_prot(m.addr + at, length, r, prot)
 
     def _op_madvise(self, step: Step) -> tuple[int, int]:
         m, at, length = self._mem_range(step)

@@ -354,18 +354,6 @@ class ModelRun(StepAddressing):
             view.extend(_squash(watch.lines))
         res.view = view
 
-    def _check_access(self, step: Step) -> None:
-        m = self._mapping(step.args["buf"])
-        at, length = step.args["at"], step.args["length"]
-        write = step.op == "fill" or step.args.get("mode") == "write"
-        need = 1 | (2 if write else 0)
-        if not m.allows(at, length, need):
-            what = "writable" if write else "readable"
-            raise ModelRunError(
-                f'bytes [{at}, {at + length}) of mapping "{m.name}" are not all '
-                f"mapped {what}, so the runner would crash"
-            )
-
     # --- memory
 
     def _op_mmap(self, step: Step) -> tuple[int, int]:
@@ -433,19 +421,13 @@ class ModelRun(StepAddressing):
     def _op_munmap(self, step: Step) -> tuple[int, int]:
         m, at, length = self._mem_range(step)
         r = _call(self.proc.munmap, (m.addr + at) & U64, length & U64)
-        if r[1] == 0:
-            for other in self.maps.values():
-                other.set_range(m.addr + at, length, UNMAPPED)
-        return r
+        return self._set_prot(m.addr + at, length, r, UNMAPPED)
 
     def _op_mprotect(self, step: Step) -> tuple[int, int]:
         m, at, length = self._mem_range(step)
         prot = prot_bits(step.args["prot"])
         r = _call(self.proc.mprotect, (m.addr + at) & U64, length & U64, prot)
-        if r[1] == 0:
-            for other in self.maps.values():
-                other.set_range(m.addr + at, length, prot)
-        return r
+        return self._set_prot(m.addr + at, length, r, prot)
 
     def _op_madvise(self, step: Step) -> tuple[int, int]:
         m, at, length = self._mem_range(step)

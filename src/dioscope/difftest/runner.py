@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dioscope.difftest.hostmem import prot_bits
 from dioscope.scenarios.format import RWF_WORDS, VECTOR_OPS, Step
 
 __all__ = ["StepAddressing"]
@@ -43,6 +44,29 @@ class StepAddressing:
 
     def _mem_range(self, step: Step) -> tuple[Any, int, int]:
         return self._mapping(step.args["buf"]), step.args["at"], step.args["length"]
+
+    def _check_access(self, step: Step) -> None:
+        """Refuse a fill/touch step whose bytes are not all mapped with the access it needs
+        (the runner's own loads and stores would crash, not report an errno)."""
+        m = self._mapping(step.args["buf"])
+        at, length = step.args["at"], step.args["length"]
+        write = step.op == "fill" or step.args.get("mode") == "write"
+        need = prot_bits("rw" if write else "r")
+        if not m.allows(at, length, need):
+            what = "writable" if write else "readable"
+            raise self.run_error(
+                f'bytes [{at}, {at + length}) of mapping "{m.name}" are not all '
+                f"mapped {what}, so the runner would crash"
+            )
+
+    def _set_prot(self, addr: int, length: int, r: tuple[int, int], prot: int) -> tuple[int, int]:
+        """After a munmap (``prot`` UNMAPPED) or mprotect that returned ``r`` (ret, errno):
+        if it succeeded, record the new protection of ``[addr, addr + length)`` in every
+        mapping that covers it. Return: ``r``."""
+        if r[1] == 0:
+            for other in self.maps.values():
+                other.set_range(addr, length, prot)
+        return r
 
     @staticmethod
     def _rwf(step: Step) -> int:
