@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from benchdir import bench_dir
 from dioscope.block.blk_core import submit_bio
 from dioscope.block.blk_types import REQ_FLAG, REQ_OP, Bio
 from dioscope.block.devices import FileDevice
@@ -52,15 +53,6 @@ TOTAL = 1 << 30
 CHUNK = 4 * MIB
 NR_PAGES = MIB >> 12
 GOAL = 0.8
-
-
-def _bench_dir() -> str:
-    root = os.stat("/").st_dev
-    for d in (os.environ.get("DIOSCOPE_BENCH_DIR"), "/var/tmp", "/tmp"):
-        if d and os.path.isdir(d) and os.access(d, os.W_OK):
-            if os.environ.get("DIOSCOPE_BENCH_DIR") == d or os.stat(d).st_dev == root:
-                return d
-    return tempfile.gettempdir()
 
 
 class ModelSide:
@@ -182,7 +174,7 @@ def _profile(model: ModelSide, write: bool) -> str:
 
 
 def run() -> dict[str, dict[str, Any]]:
-    d = tempfile.mkdtemp(prefix="dioscope-bench-bio-", dir=_bench_dir())
+    d = tempfile.mkdtemp(prefix="dioscope-bench-bio-", dir=bench_dir())
     path = os.path.join(d, "disk")
     try:
         _make_file(path)

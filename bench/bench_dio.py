@@ -62,6 +62,7 @@ from typing import Any
 
 import numpy as np
 
+from benchdir import bench_dir
 from dioscope.block.devices import FileDevice
 from dioscope.fs.fs_types import OFLAG
 from dioscope.fs.modelfs.super import ModelFs
@@ -84,15 +85,6 @@ PROFILE = os.environ.get("DIOSCOPE_BENCH_PROFILE", "6.18")
 GOAL_THROUGHPUT = 0.8
 GOAL_LATENCY = 1.5
 GOAL_LATENCY_SANITIZED = 2.5
-
-
-def _bench_dir() -> str:
-    root = os.stat("/").st_dev
-    for d in (os.environ.get("DIOSCOPE_BENCH_DIR"), "/var/tmp", "/tmp"):
-        if d and os.path.isdir(d) and os.access(d, os.W_OK):
-            if os.environ.get("DIOSCOPE_BENCH_DIR") == d or os.stat(d).st_dev == root:
-                return d
-    return tempfile.gettempdir()
 
 
 def _content() -> bytes:
@@ -259,7 +251,7 @@ def measure(workdir: str) -> tuple[dict[str, float], ModelSide]:
 
 
 def run() -> dict[str, dict[str, Any]]:
-    d = tempfile.mkdtemp(prefix="dioscope-bench-dio-", dir=_bench_dir())
+    d = tempfile.mkdtemp(prefix="dioscope-bench-dio-", dir=bench_dir())
     try:
         fig, model = measure(d)
         try:
@@ -298,7 +290,7 @@ if __name__ == "__main__":
     import sys
 
     if sys.argv[1:] == ["--profile"]:
-        _d = tempfile.mkdtemp(prefix="dioscope-bench-dio-", dir=_bench_dir())
+        _d = tempfile.mkdtemp(prefix="dioscope-bench-dio-", dir=bench_dir())
         try:
             _m = ModelSide(os.path.join(_d, "model-disk"), _content())
             print(profile_4k(_m))
