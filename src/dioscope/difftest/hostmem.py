@@ -70,7 +70,24 @@ def new_mapping(
     return HostMapping(name, addr, length, private, anon, [prot] * npages)
 
 
-class MemReader:
+class ChunkedRead:
+    """:meth:`read` for a memory view that has ``read_chunks`` (the host's reader and the
+    model's view share it)."""
+
+    def read_chunks(self, addr: int, n: int) -> list[tuple[int, bytes | None]]:
+        raise NotImplementedError
+
+    def read(self, addr: int, n: int) -> bytes | None:
+        """Read [addr, addr+n); None when any byte is unreadable."""
+        parts = []
+        for _a, data in self.read_chunks(addr, n):
+            if data is None:
+                return None
+            parts.append(data)
+        return b"".join(parts)
+
+
+class MemReader(ChunkedRead):
     """Reads this process's memory without faulting and without SIGSEGV."""
 
     def __init__(self) -> None:
@@ -121,11 +138,3 @@ class MemReader:
             return None
         return data if len(data) == n else None
 
-    def read(self, addr: int, n: int) -> bytes | None:
-        """Read [addr, addr+n); None when any byte is unreadable."""
-        parts = []
-        for _a, data in self.read_chunks(addr, n):
-            if data is None:
-                return None
-            parts.append(data)
-        return b"".join(parts)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from dioscope.difftest.hostmem import HostMapping
+from dioscope.difftest.hostmem import ChunkedRead, HostMapping
 from dioscope.fs.modelfs import MODELFS_BLOCKSIZE, ModelFs
 from dioscope.kernel.types import PAGE_SIZE
 from dioscope.mm.memory import populate_range
@@ -26,7 +26,7 @@ _CACHE_NEWER = int(PG.PG_dirty | PG.PG_writeback)
 # Side-effect-free views of memory and files
 
 
-class ModelMem:
+class ModelMem(ChunkedRead):
     """The model process's memory as ``verify`` reads it, with the host reader's semantics.
 
     A present page is read from its frame whatever its protection (``/proc/self/mem`` reads
@@ -70,15 +70,6 @@ class ModelMem:
             out.append((a, None if page is None else page[a - base : nxt - base]))
             a = nxt
         return out
-
-    def read(self, addr: int, n: int) -> bytes | None:
-        """Read [addr, addr+n); None when any byte is unreadable."""
-        parts = []
-        for _a, data in self.read_chunks(addr, n):
-            if data is None:
-                return None
-            parts.append(data)
-        return b"".join(parts)
 
 
 class ModelFiles:
