@@ -134,16 +134,25 @@ def _one(k: Kernel, label: str, io: str, kind: str, size: int, rng: np.random.Ge
     return row
 
 
-def gup_demo(profile: str = "all", seed: int = 1, size: str = "64M") -> int:
-    """The GUP demonstration: return 0 if every profile's sanitizer verdict is clean."""
-    console = Console()
+def _size_arg(console: Console, size: str, least: int, multiple: int, rule: str) -> int | None:
+    """``--size`` in bytes, or None after saying on ``console`` what is wrong with it."""
     try:
         nbytes = parse_size(size)
     except ValueError as e:
         console.print(f"[red]--size: {e}")
-        return 2
-    if nbytes < PAGE_SIZE or nbytes % PAGE_SIZE:
-        console.print("[red]--size must be a positive multiple of 4096 bytes")
+        return None
+    if nbytes < least or nbytes % multiple:
+        console.print(f"[red]--size must be {rule}")
+        return None
+    return nbytes
+
+
+def gup_demo(profile: str = "all", seed: int = 1, size: str = "64M") -> int:
+    """The GUP demonstration: return 0 if every profile's sanitizer verdict is clean."""
+    console = Console()
+    nbytes = _size_arg(console, size, PAGE_SIZE, PAGE_SIZE,
+                       "a positive multiple of 4096 bytes")
+    if nbytes is None:
         return 2
     names = list(PROFILES) if profile == "all" else [get_profile(profile).name]
     mem = max(256 << 20, 12 * nbytes + (64 << 20))
@@ -212,13 +221,8 @@ def main(profile: str = "all", seed: int = 1, size: str = "64M", ops: int = 300,
     from .workload import run_workload
 
     console = Console()
-    try:
-        nbytes = parse_size(size)
-    except ValueError as e:
-        console.print(f"[red]--size: {e}")
-        return 2
-    if nbytes < (8 << 20) or nbytes % (4 << 20):
-        console.print("[red]--size must be a multiple of 4M and at least 8M")
+    nbytes = _size_arg(console, size, 8 << 20, 4 << 20, "a multiple of 4M and at least 8M")
+    if nbytes is None:
         return 2
     names = list(PROFILES) if profile == "all" else [get_profile(profile).name]
     stats = []
