@@ -73,17 +73,6 @@ _PMD_PRESENT = np.uint8(PTE_PRESENT | PTE_PMD)
 _PMD_PRESENT_RW = np.uint8(PTE_PRESENT | PTE_PMD | PTE_RW)
 
 
-def _vma_cached(mm: MmStruct, addr: int) -> VmArea | None:
-    """The VMA holding ``addr``, trying the one the last lookup found first (``mm->vmacache``
-    of 5.9; 6.x walks the maple tree, which the model's per-mm cache stands in for)."""
-    vma = mm.vma_cache
-    if vma is None or not vma.vm_start <= addr < vma.vm_end:
-        vma = mm.vma_lookup(addr)
-        if vma is not None:
-            mm.vma_cache = vma
-    return vma
-
-
 def _gup_fast_shortcuts(
     mm: MmStruct, start: int, nr_pages: int, gup_flags: int, pages: np.ndarray,
     holder: object, pin: bool,
@@ -95,11 +84,16 @@ def _gup_fast_shortcuts(
     Return: pages taken, or -1 (take the general path)."""
     if gup_flags & ~_FOLL_WRITE or not 0 < nr_pages <= 512 or start & 0xFFF:
         return -1
-    vma = _vma_cached(mm, start)
-    if vma is None:
-        return -1
+    # The VMA the last lookup found is tried first (``mm->vmacache`` of 5.9; 6.x walks the
+    # maple tree, which the model's per-mm cache stands in for).
+    vma = mm.vma_cache
+    if vma is None or not vma.vm_start <= start < vma.vm_end:
+        vma = mm.vma_lookup(start)
+        if vma is None:
+            return -1
+        mm.vma_cache = vma
     s0 = (start - vma.vm_start) >> PAGE_SHIFT
-    if s0 < len(vma.pt_flags) and vma.pt_flags[s0] & PTE_PMD:
+    if s0 < len(vma.pt_flags) and vma.pt_flags.item(s0) & PTE_PMD:
         # A PMD mapping: never PTE_FASTPIN, so only the THP shortcut can take it.
         return _gup_fast_pmd(mm, vma, start, nr_pages, gup_flags, pages, holder, pin)
     return _gup_fast_unique(mm, vma, s0, nr_pages, gup_flags, pages, holder, pin)
@@ -129,14 +123,14 @@ def _gup_fast_unique(
             return -1
     else:
         fl = vma.pt_flags[s0 : s0 + nr_pages]
-        if len(fl) != nr_pages or fl[fl.argmin()] < need:
+        if len(fl) != nr_pages or fl.item(fl.argmin()) < need:
             return -1
     pfns = vma.pt_pfn[s0 : s0 + nr_pages]
     k = try_grab_unique_small(pgdat, pfns, _FOLL_PIN if pin else _FOLL_GET, holder,
                               "pin_user_pages_fast" if pin else "get_user_pages_fast")
     if not k:
         return -1  # the first page cannot be grabbed: the general path gives the errno
-    pages[:k] = pfns[:k]
+    pages[:k] = pfns if k == nr_pages else pfns[:k]
     if pin:
         mm.has_pinned = True
     return k
@@ -559,7 +553,8 @@ def unpin_user_pages(
     if npages < 0:
         pgdat.events.warn("unpin_user_pages", f"npages is an error value ({npages})")
         return
-    gup_put_pages(pgdat, pages[:npages], _FOLL_PIN, holder, "unpin_user_pages")
+    gup_put_pages(pgdat, pages if npages == len(pages) else pages[:npages], _FOLL_PIN, holder,
+                  "unpin_user_pages")
 
 
 def unpin_user_pages_dirty_lock(

@@ -243,12 +243,6 @@ _BIAS = np.full(512, 1024, np.int32)
 _ONES = np.ones(512, np.int32)
 
 
-def _units(n: int, pin: bool) -> np.ndarray | np.int32:
-    if n <= 512:
-        return (_BIAS if pin else _ONES)[:n]
-    return np.int32(1024 if pin else 1)
-
-
 def try_grab_unique_small(
     pgdat: PgData, pfns: np.ndarray, flags: int, holder: object, site: str
 ) -> int:
@@ -268,21 +262,13 @@ def try_grab_unique_small(
         if try_grab_folio(pgdat, int(pfns[0]), pfns, bool(pin), holder, site):
             return 1
         return try_grab_pages(pgdat, pfns, flags, holder, site)
-    # Same-dtype array operands: numpy's scalar casting costs more than the add itself.
-    units = _units(n, bool(pin))
-    p0 = int(pfns[pfns.argmin()])
-    if int(pfns[pfns.argmax()]) - p0 == n - 1:
-        run = rc[p0 : p0 + n]
-        run += units
-        if run[run.argmin()] <= inc:
-            run -= units
-            return try_grab_pages(pgdat, pfns, flags, holder, site)
-    else:
-        # Distinct pfns: a plain fancy-index update is exact (no entry repeats).
-        post = rc.take(pfns) + units
-        if post[post.argmin()] <= inc:  # was <= 0, or wrapped past INT32_MAX
-            return try_grab_pages(pgdat, pfns, flags, holder, site)
-        rc[pfns] = post
+    # Distinct pfns: a plain fancy-index update is exact (no entry repeats). Same-dtype
+    # array operands: numpy's scalar casting costs more than the add itself.
+    post = rc.take(pfns)
+    post += (_BIAS if pin else _ONES)[:n] if n <= 512 else np.int32(inc)
+    if post.item(post.argmin()) <= inc:  # was <= 0, or wrapped past INT32_MAX
+        return try_grab_pages(pgdat, pfns, flags, holder, site)
+    rc[pfns] = post
     if pin:
         pgdat.vmstat.nr_foll_pin_acquired += n
     if pgdat.hooks.active:
@@ -313,16 +299,16 @@ def gup_put_pages(
                 return
     if flags & _FOLL_PIN:
         small = p.small.take(pages)
-        if small[small.argmin()]:
+        if small.item(small.argmin()):
             # Every entry is an order-0 page (no NULL, no zero page, no compound): each is
             # its own head and takes the 1024 bias.
             if pgdat.hooks.active:
                 pgdat.hooks.release("pin", pages, holder, site)
             pgdat.vmstat.nr_foll_pin_released += n
             rc = p.refcount
-            np.subtract.at(rc, pages, _units(n, True))
+            np.subtract.at(rc, pages, _BIAS[:n] if n <= 512 else _BIAS[0])
             post = rc.take(pages)
-            if post[post.argmin()] <= 0:
+            if post.item(post.argmin()) <= 0:
                 free_zeroed(pgdat, pages, post, site)
             return
     if pages[pages.argmin()] < 0:
