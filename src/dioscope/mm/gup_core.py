@@ -249,9 +249,9 @@ def try_grab_unique_small(
     """:func:`try_grab_pages` for pages known to be distinct small exclusive anon pages.
 
     The GUP-fast common case (PTE_FASTPIN): no compound heads, no duplicates, no zero page,
-    so the whole batch is one update — a slice when the pfns are exactly a frame range
-    (distinct values whose min and max are ``n - 1`` apart), else one scatter. Falls back to
-    the exact path near overflow (a refcount <= 0 or wrapping past INT32_MAX).
+    so the whole batch is one gather, add and scatter (four numpy calls; testing for a frame
+    range to update a slice instead cost more than it saved). Falls back to the exact path
+    near overflow (a refcount <= 0 or wrapping past INT32_MAX).
     Return: entries grabbed, in order.
     """
     rc = pgdat.pages.refcount
