@@ -69,8 +69,14 @@ _VM_WRITE = int(VM.VM_WRITE)
 _PG_ANON = np.uint32(PG.PG_anon)
 _PG_ANON_EXCLUSIVE = np.uint32(PG.PG_anon_exclusive)
 _PG_ANON_BOTH = np.uint32(PG.PG_anon | PG.PG_anon_exclusive)
-_PMD_PRESENT = np.uint8(PTE_PRESENT | PTE_PMD)
-_PMD_PRESENT_RW = np.uint8(PTE_PRESENT | PTE_PMD | PTE_RW)
+# Python-int copies of page-table flags for tests on ``.item()`` values (a numpy scalar in
+# the expression makes it numpy scalar arithmetic, several times slower).
+_PMD_PRESENT = int(PTE_PRESENT | PTE_PMD)
+_PMD_PRESENT_RW = int(PTE_PRESENT | PTE_PMD | PTE_RW)
+_PTE_PMD = int(PTE_PMD)
+_PTE_SPECIAL = int(PTE_SPECIAL)
+_PTE_FAST_WRITE = int(PTE_FAST_WRITE)
+_PTE_FAST_READ = int(PTE_FAST_READ)
 
 
 def _gup_fast_shortcuts(
@@ -93,7 +99,7 @@ def _gup_fast_shortcuts(
             return -1
         mm.vma_cache = vma
     s0 = (start - vma.vm_start) >> PAGE_SHIFT
-    if s0 < len(vma.pt_flags) and vma.pt_flags.item(s0) & PTE_PMD:
+    if s0 < len(vma.pt_flags) and vma.pt_flags.item(s0) & _PTE_PMD:
         # A PMD mapping: never PTE_FASTPIN, so only the THP shortcut can take it.
         return _gup_fast_pmd(mm, vma, start, nr_pages, gup_flags, pages, holder, pin)
     return _gup_fast_unique(mm, vma, s0, nr_pages, gup_flags, pages, holder, pin)
@@ -117,9 +123,9 @@ def _gup_fast_unique(
     pgdat = mm.pgdat
     if pgdat.cfg.GUP_FORCED_COW:
         write = _FOLL_WRITE  # v5.8: GUP-fast takes only writable PTEs (see _gup_fast)
-    need = PTE_FAST_WRITE if write else PTE_FAST_READ
+    need = _PTE_FAST_WRITE if write else _PTE_FAST_READ
     if nr_pages == 1:  # one PTE: a scalar test
-        if s0 >= len(vma.pt_flags) or vma.pt_flags[s0] < need:
+        if s0 >= len(vma.pt_flags) or vma.pt_flags.item(s0) < need:
             return -1
     else:
         fl = vma.pt_flags[s0 : s0 + nr_pages]
@@ -162,18 +168,18 @@ def _gup_fast_pmd(
         write = _FOLL_WRITE  # v5.8: GUP-fast takes only writable PTEs (see _gup_fast)
     s0 = (start - vma.vm_start) >> PAGE_SHIFT
     fl = vma.pt_flags[s0 : s0 + nr_pages]
-    f0 = fl[fl.argmin()]
+    f0 = fl.item(fl.argmin())  # (Python ints: numpy scalar arithmetic costs more)
     need = _PMD_PRESENT_RW if write else _PMD_PRESENT
-    if f0 != fl[fl.argmax()] or (f0 & need) != need or f0 & PTE_SPECIAL:
+    if f0 != fl.item(fl.argmax()) or (f0 & need) != need or f0 & _PTE_SPECIAL:
         return -1
     pfns = vma.pt_pfn[s0 : s0 + nr_pages]
-    pfn0 = int(pfns[0])
+    pfn0 = pfns.item(0)
     p = pgdat.pages
     if pin and not write and cfg.ANON_EXCLUSIVE:
         x = p.flags[pfn0 : pfn0 + nr_pages] & _PG_ANON_BOTH
         if x[x.argmin()] != _PG_ANON_BOTH:
             return -1  # some page may be shared: the general path unshares it
-    if not try_grab_folio(pgdat, int(p.head[pfn0]), pfns, pin, holder,
+    if not try_grab_folio(pgdat, p.head.item(pfn0), pfns, pin, holder,
                        "pin_user_pages_fast" if pin else "get_user_pages_fast"):
         return -1
     if pin:

@@ -125,8 +125,8 @@ def try_grab_folio(pgdat: PgData, head: int, pages: np.ndarray, pin: bool, holde
     """
     p = pgdat.pages
     n = len(pages)
-    unit = int(p.pin_unit[head]) if pin else 1
-    before = int(p.refcount[head])
+    unit = p.pin_unit.item(head) if pin else 1
+    before = p.refcount.item(head)
     if before <= 0 or before + unit * n > INT32_MAX:
         return False
     p.refcount[head] = before + unit * n
