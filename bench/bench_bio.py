@@ -46,7 +46,7 @@ from dioscope.block.devices import FileDevice
 from dioscope.machine import Kernel
 from dioscope.mm.gup import pin_user_pages_fast, unpin_user_pages
 from dioscope.mm.gup_core import FOLL
-from dioscope.mm.physmem import host_buffer
+from dioscope.mm.physmem import host_buffer, host_thp
 
 MIB = 1 << 20
 TOTAL = 1 << 30
@@ -111,6 +111,7 @@ class HostSide:
         self.fd = os.open(path, os.O_RDWR | os.O_DIRECT)
         self.map, buf = host_buffer(MIB)
         buf[:] = b"\x5a" * MIB
+        assert host_thp(buf) is not False, "no THP for the host buffer"
         self.view = [buf]
 
     def one(self, write: bool, offset: int) -> None:

@@ -69,7 +69,7 @@ from dioscope.fs.modelfs.super import ModelFs
 from dioscope.kernel.types import HPAGE_PMD_ORDER, HPAGE_PMD_SIZE, PAGE_SHIFT
 from dioscope.machine import Kernel
 from dioscope.mm.mmap import MADV_HUGEPAGE
-from dioscope.mm.physmem import host_buffer
+from dioscope.mm.physmem import host_buffer, host_thp
 from dioscope.mm.truncate import invalidate_mapping_pages
 from dioscope.sanitizer import Sanitizer
 
@@ -116,6 +116,8 @@ class ModelSide:
         assert vma is not None
         pfn = int(vma.pt_pfn[(self.thp_buf - vma.vm_start) >> PAGE_SHIFT])
         assert self.k.pgdat.pages.folio_order(pfn) == HPAGE_PMD_ORDER, "no THP for the buffer"
+        # ... and that folio is one host THP too, as the host side's buffer is.
+        assert host_thp(self.k.pgdat.mem.frame(pfn)) is not False, "no host THP under it"
         self.small_buf = self.p.mmap(MIB)
         self.p.touch(self.small_buf, MIB, write=True)
         self.buf = self.thp_buf
@@ -153,6 +155,7 @@ class HostSide:
         self.base = base
         self.map, self.buf = host_buffer(MIB)
         self.buf[:] = content[:MIB]
+        assert host_thp(self.buf) is not False, "no THP for the host buffer"
         self.views = {n: [self.buf[:n]] for n in (4 * KIB, MIB)}
 
     def read(self, n: int, off: int) -> None:

@@ -9,17 +9,16 @@ measured on this VM, a 1 MiB buffer was a THP in some runs and 4 KiB pages in ot
 
 from __future__ import annotations
 
+import mmap
 import os
-import struct
 import sys
 
 import numpy as np
 import pytest
 
-from dioscope.mm.physmem import PhysMem, host_buffer
+from dioscope.mm.physmem import PhysMem, host_buffer, host_thp
 
 HPAGE = 2 << 20
-KPF_THP = 1 << 22  # include/uapi/linux/kernel-page-flags.h
 
 
 def _addr(view: memoryview) -> int:
@@ -49,17 +48,6 @@ def _thp_mode() -> str:
     return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else ""
 
 
-def _is_thp(addr: int) -> bool:
-    with open("/proc/self/pagemap", "rb") as f:
-        f.seek((addr >> 12) * 8)
-        entry = struct.unpack("Q", f.read(8))[0]
-    assert entry >> 63, "page not present"
-    with open("/proc/kpageflags", "rb") as f:
-        f.seek((entry & ((1 << 55) - 1)) * 8)
-        flags = struct.unpack("Q", f.read(8))[0]
-    return bool(flags & KPF_THP)
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="host THPs: Linux only")
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() != 0,
                     reason="/proc/kpageflags and pagemap PFNs need root")
@@ -71,12 +59,25 @@ def test_host_buffer_is_on_a_thp() -> None:
     for _ in range(8):
         m, view = host_buffer(1 << 20)
         view[:] = b"\x5a" * len(view)  # fault it in
-        addr = _addr(view)
-        assert _is_thp(addr) and _is_thp(addr + len(view) - 4096)
+        assert host_thp(view) is True and host_thp(view[-4096:]) is True
         kept.append((m, view))
     for m, view in kept:
         view.release()
         m.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="host THPs: Linux only")
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() != 0,
+                    reason="/proc/kpageflags and pagemap PFNs need root")
+def test_host_thp_says_no_for_small_pages_and_none_for_absent_ones() -> None:
+    m = mmap.mmap(-1, 4 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    m.madvise(mmap.MADV_NOHUGEPAGE)
+    view = memoryview(m)
+    assert host_thp(view[2 << 20 :]) is None  # never touched: no page
+    view[2 << 20 : (2 << 20) + 4096] = b"\1" * 4096
+    assert host_thp(view[2 << 20 :]) is False
+    view.release()
+    m.close()
 
 
 @pytest.mark.parametrize("nr_pages", [1, 511, 512, 1000])

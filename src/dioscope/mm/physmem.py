@@ -17,7 +17,7 @@ import numpy as np
 
 from ..kernel.types import PAGE_SHIFT, PAGE_SIZE
 
-__all__ = ["PhysMem", "host_buffer"]
+__all__ = ["PhysMem", "host_buffer", "host_thp"]
 
 _HPAGE = 2 << 20
 
@@ -48,6 +48,29 @@ def host_buffer(nbytes: int) -> tuple[mmap.mmap, memoryview]:
     addr = np.frombuffer(m, np.uint8).ctypes.data
     off = -addr % _HPAGE
     return m, memoryview(m)[off : off + nbytes]
+
+
+_KPF_THP = 1 << 22  # include/uapi/linux/kernel-page-flags.h
+
+
+def host_thp(view: memoryview) -> bool | None:
+    """Whether the host page under the first byte of ``view`` (present: touch it first) is
+    part of a transparent huge page (``/proc/self/pagemap`` then ``/proc/kpageflags``
+    KPF_THP). Return: None where the host cannot say (not Linux, not root: the PFN reads
+    as 0 or the files do not open)."""
+    addr = int(np.frombuffer(view, np.uint8).ctypes.data)
+    try:
+        with open("/proc/self/pagemap", "rb") as f:
+            f.seek((addr >> PAGE_SHIFT) * 8)
+            entry = int.from_bytes(f.read(8), "little")
+        pfn = entry & ((1 << 55) - 1)
+        if not entry >> 63 or not pfn:
+            return None
+        with open("/proc/kpageflags", "rb") as f:
+            f.seek(pfn * 8)
+            return bool(int.from_bytes(f.read(8), "little") & _KPF_THP)
+    except OSError:
+        return None
 
 
 class PhysMem:
