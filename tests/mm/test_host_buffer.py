@@ -20,6 +20,10 @@ from dioscope.mm.physmem import PhysMem, host_buffer, host_thp
 
 HPAGE = 2 << 20
 
+host_pfns = pytest.mark.skipif(
+    sys.platform != "linux" or os.geteuid() != 0,
+    reason="host PFNs (/proc/self/pagemap, /proc/kpageflags) need root on Linux")
+
 
 def _addr(view: memoryview) -> int:
     return int(np.frombuffer(view, np.uint8).ctypes.data)
@@ -48,9 +52,8 @@ def _thp_mode() -> str:
     return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else ""
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="host THPs: Linux only")
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() != 0,
-                    reason="/proc/kpageflags and pagemap PFNs need root")
+@pytest.mark.host
+@host_pfns
 @pytest.mark.skipif(_thp_mode() not in ("always", "madvise"),
                     reason="the host has transparent huge pages disabled")
 def test_host_buffer_is_on_a_thp() -> None:
@@ -66,9 +69,8 @@ def test_host_buffer_is_on_a_thp() -> None:
         m.close()
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="host THPs: Linux only")
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() != 0,
-                    reason="/proc/kpageflags and pagemap PFNs need root")
+@pytest.mark.host
+@host_pfns
 def test_host_thp_says_no_for_small_pages_and_none_for_absent_ones() -> None:
     m = mmap.mmap(-1, 4 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     m.madvise(mmap.MADV_NOHUGEPAGE)
