@@ -29,7 +29,7 @@ import numpy as np
 
 from ..kernel.npfast import all_set
 from ..kernel.types import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
-from ..lib.iov_iter import ITER_TYPE, IovIter, iov_iter_advance, iov_iter_count, iov_iter_revert
+from ..lib.iov_iter import ITER_BVEC, IovIter, iov_iter_advance, iov_iter_count, iov_iter_revert
 from ..lib.iov_iter_pages import (
     iov_iter_extract_pages,
     iov_iter_extract_will_pin,
@@ -675,7 +675,7 @@ def bio_iov_iter_get_pages(bio: Bio, it: IovIter, len_align_mask: int = 0) -> in
         if bio.bi_flags & _BIO_CLONED:
             pgdat.events.warn_once("bio_iov_iter_get_pages", "cloned bio")
             return -errno.EIO
-        if it.iter_type == ITER_TYPE.ITER_BVEC:
+        if it.iter_type == ITER_BVEC:
             bio_iov_bvec_set(bio, it)
             iov_iter_advance(it, bio.bi_iter.bi_size)
             return 0
@@ -692,7 +692,7 @@ def bio_iov_iter_get_pages(bio: Bio, it: IovIter, len_align_mask: int = 0) -> in
     if bio.bi_vcnt:
         pgdat.events.warn_once("bio_iov_iter_get_pages", "bio already has bvecs")
         return -errno.EINVAL
-    is_bvec = it.iter_type == ITER_TYPE.ITER_BVEC
+    is_bvec = it.iter_type == ITER_BVEC
     while True:
         if is_bvec:
             ret = __bio_iov_bvec_add_pages(bio, it)

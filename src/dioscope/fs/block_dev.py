@@ -44,8 +44,8 @@ from ..block.bio_completion import bio_endio, blk_status_to_errno
 from ..block.blk_core import blk_finish_plug, blk_start_plug, submit_bio
 from ..block.blk_types import BIO_MAX_VECS, BLK_STS, REQ_FLAG, REQ_OP, SECTOR_SHIFT, Bio
 from ..lib.iov_iter import (
+    ITER_BVEC,
     ITER_DEST,
-    ITER_TYPE,
     IovIter,
     iov_iter_alignment,
     iov_iter_count,
@@ -194,7 +194,7 @@ def _blkdev_bio_end_io(bio: Bio) -> None:
 def _vecs_to_alloc(it: IovIter, max_segs: int, v6: bool) -> int:
     """[5.9] ``iov_iter_npages``; [6.18] ``bio_iov_vecs_to_alloc`` (0 for ITER_BVEC, whose
     bvec array the bio borrows)."""
-    if v6 and it.iter_type == ITER_TYPE.ITER_BVEC:
+    if v6 and it.iter_type == ITER_BVEC:
         return 0
     return iov_iter_npages(it, max_segs)
 
@@ -303,7 +303,7 @@ def __blkdev_direct_IO_async(iocb: Kiocb, it: IovIter, bdev: BlockDevice,
     bio.bi_private = dio
     bio.bi_iter.bi_sector = iocb.ki_pos >> SECTOR_SHIFT
     bio.bi_end_io = _blkdev_bio_end_io_async
-    if it.iter_type == ITER_TYPE.ITER_BVEC:
+    if it.iter_type == ITER_BVEC:
         bio_iov_bvec_set(bio, it)
     else:
         ret = bio_iov_iter_get_pages(bio, it, _lbs(bdev) - 1)

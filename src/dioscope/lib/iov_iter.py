@@ -45,9 +45,15 @@ if TYPE_CHECKING:
     from .pipe_buf import PipeInodeInfo
 
 __all__ = [
+    "ITER_BVEC",
     "ITER_DEST",
+    "ITER_DISCARD",
+    "ITER_IOVEC",
+    "ITER_KVEC",
+    "ITER_PIPE",
     "ITER_SOURCE",
     "ITER_TYPE",
+    "ITER_UBUF",
     "IovIter",
     "copy_from_iter",
     "copy_to_iter",
@@ -81,6 +87,16 @@ class ITER_TYPE(enum.IntEnum):
     ITER_KVEC = 3
     ITER_PIPE = 4
     ITER_DISCARD = 5
+
+
+# The members by their kernel names, as module globals: a global lookup costs a third of an
+# attribute lookup on the enum class, and the iterator code tests the type at every step.
+ITER_UBUF = ITER_TYPE.ITER_UBUF
+ITER_IOVEC = ITER_TYPE.ITER_IOVEC
+ITER_BVEC = ITER_TYPE.ITER_BVEC
+ITER_KVEC = ITER_TYPE.ITER_KVEC
+ITER_PIPE = ITER_TYPE.ITER_PIPE
+ITER_DISCARD = ITER_TYPE.ITER_DISCARD
 
 
 class IovIter:
@@ -121,7 +137,7 @@ class IovIter:
         self.nofault = False
         self.v6 = pgdat.cfg.ITER_UBUF  # 6.x advance/revert algorithms
         self.ubuf = (int(self.segs[0, 0])
-                     if iter_type == ITER_TYPE.ITER_UBUF and len(self.segs) else 0)
+                     if iter_type == ITER_UBUF and len(self.segs) else 0)
         """ITER_UBUF: the buffer's address (``i->ubuf``), as a plain int."""
 
     # --- predicates ----------------------------------------------------------------------
@@ -130,10 +146,10 @@ class IovIter:
 
     def user_backed_iter(self) -> bool:
         """``user_backed_iter()``: UBUF or IOVEC."""
-        return self.iter_type in (ITER_TYPE.ITER_IOVEC, ITER_TYPE.ITER_UBUF)
+        return self.iter_type in (ITER_IOVEC, ITER_UBUF)
 
     def iter_is_iovec(self) -> bool:
-        return self.iter_type == ITER_TYPE.ITER_IOVEC
+        return self.iter_type == ITER_IOVEC
 
     def copy(self) -> IovIter:
         """A copy sharing the segment array (as a struct copy in C does)."""
@@ -144,7 +160,7 @@ class IovIter:
 
     # --- segment walking -----------------------------------------------------------------
     def seg_len(self, k: int) -> int:
-        if self.iter_type == ITER_TYPE.ITER_BVEC:
+        if self.iter_type == ITER_BVEC:
             return int(self.segs[k, 1]) >> 32
         return int(self.segs[k, 1])
 
@@ -158,7 +174,7 @@ class IovIter:
             seg_len = self.seg_len(k)
             take = min(n, seg_len - skip)
             if take > 0:
-                if self.iter_type == ITER_TYPE.ITER_BVEC:
+                if self.iter_type == ITER_BVEC:
                     base = int(self.segs[k, 1]) & 0xFFFFFFFF
                 else:
                     base = int(self.segs[k, 0])
@@ -170,7 +186,7 @@ class IovIter:
     def first_segment(self, maxsize: int) -> tuple[int, int, int] | None:
         """``first_iovec_segment()`` / ``first_bvec_segment()``: the first non-empty piece
         of at most ``maxsize`` bytes, as (segment index, start, len)."""
-        if self.iter_type == ITER_TYPE.ITER_UBUF:  # ubuf + iov_offset, no segment walk
+        if self.iter_type == ITER_UBUF:  # ubuf + iov_offset, no segment walk
             n = min(maxsize, self.count)
             return (0, self.ubuf + self.iov_offset, n) if n > 0 else None
         for piece in self.chunks(maxsize):
@@ -193,7 +209,7 @@ def iov_iter_init(pgdat: PgData, direction: int, iov: Sequence[tuple[int, int]] 
                   nr_segs: int, count: int, mm: MmStruct) -> IovIter:
     """``iov_iter_init()``: an ITER_IOVEC over user (base, len) pairs of ``mm``."""
     segs = _as_segs(iov)[:nr_segs]
-    return IovIter(pgdat, ITER_TYPE.ITER_IOVEC, direction, count, segs, mm)
+    return IovIter(pgdat, ITER_IOVEC, direction, count, segs, mm)
 
 
 def iov_iter_ubuf(pgdat: PgData, direction: int, buf: int, count: int,
@@ -202,7 +218,7 @@ def iov_iter_ubuf(pgdat: PgData, direction: int, buf: int, count: int,
     if not pgdat.cfg.ITER_UBUF:
         raise RuntimeError(f"ITER_UBUF does not exist in profile {pgdat.cfg.name}")
     segs = np.array([[buf, count]], np.int64)
-    return IovIter(pgdat, ITER_TYPE.ITER_UBUF, direction, count, segs, mm)
+    return IovIter(pgdat, ITER_UBUF, direction, count, segs, mm)
 
 
 def iov_iter_kvec(pgdat: PgData, direction: int, kvec: Sequence[tuple[int, int]] | np.ndarray,
@@ -210,7 +226,7 @@ def iov_iter_kvec(pgdat: PgData, direction: int, kvec: Sequence[tuple[int, int]]
     """``iov_iter_kvec()``: kernel virtual (direct-map) buffers."""
     # uint64: direct-map addresses (PAGE_OFFSET + ...) lie above 2**63.
     segs = _as_segs(kvec, np.uint64)[:nr_segs]
-    return IovIter(pgdat, ITER_TYPE.ITER_KVEC, direction, count, segs)
+    return IovIter(pgdat, ITER_KVEC, direction, count, segs)
 
 
 def iov_iter_bvec(pgdat: PgData, direction: int,
@@ -221,12 +237,12 @@ def iov_iter_bvec(pgdat: PgData, direction: int,
     arr = np.asarray(bvec, dtype=np.int64)
     if arr.ndim == 2 and arr.shape[1] == 3:
         arr = np.stack([arr[:, 0], (arr[:, 1] << 32) | arr[:, 2]], axis=1)
-    return IovIter(pgdat, ITER_TYPE.ITER_BVEC, direction, count, arr[:nr_segs])
+    return IovIter(pgdat, ITER_BVEC, direction, count, arr[:nr_segs])
 
 
 def iov_iter_discard(pgdat: PgData, direction: int, count: int) -> IovIter:
     """``iov_iter_discard()``: a READ destination that drops the data."""
-    return IovIter(pgdat, ITER_TYPE.ITER_DISCARD, direction, count)
+    return IovIter(pgdat, ITER_DISCARD, direction, count)
 
 
 # --- counting and shaping -------------------------------------------------------------------
@@ -250,15 +266,15 @@ def iov_iter_advance(i: IovIter, size: int) -> None:
     if size > i.count:
         size = i.count
     t = i.iter_type
-    if t == ITER_TYPE.ITER_DISCARD:
+    if t == ITER_DISCARD:
         i.count -= size
         return
-    if t == ITER_TYPE.ITER_PIPE:
+    if t == ITER_PIPE:
         from .pipe_buf import pipe_advance
 
         pipe_advance(i, size)
         return
-    if t == ITER_TYPE.ITER_UBUF:
+    if t == ITER_UBUF:
         i.iov_offset += size
         i.count -= size
         return
@@ -278,7 +294,7 @@ def iov_iter_advance(i: IovIter, size: int) -> None:
     # [5.9] iterate_and_advance(): walk n bytes, then step over the segment just finished.
     if not i.count:
         return
-    if t == ITER_TYPE.ITER_BVEC and not size:
+    if t == ITER_BVEC and not size:
         return  # for_each_bvec() takes no step, so nothing is stepped over, not even a 0-len bvec
     k, skip, n = i._seg, i.iov_offset, size
     if k < len(i.segs):
@@ -311,17 +327,17 @@ def iov_iter_revert(i: IovIter, unroll: int) -> None:
         return
     i.count += unroll
     t = i.iter_type
-    if t == ITER_TYPE.ITER_PIPE:
+    if t == ITER_PIPE:
         from .pipe_buf import pipe_revert
 
         pipe_revert(i, unroll)
         return
-    if t == ITER_TYPE.ITER_DISCARD:
+    if t == ITER_DISCARD:
         return
     if unroll <= i.iov_offset:
         i.iov_offset -= unroll
         return
-    if t == ITER_TYPE.ITER_UBUF:
+    if t == ITER_UBUF:
         i.pgdat.events.bug("iov_iter_revert", "revert past the start of an ITER_UBUF")
         i.iov_offset = 0
         return
@@ -349,7 +365,7 @@ def _segments(i: IovIter) -> Iterator[tuple[int, int]]:
     walk. ``start`` is the address, or for BVEC ``bv_offset + skip``."""
     skip = i.iov_offset
     for k in range(i._seg, i._seg + i.nr_segs):
-        if i.iter_type == ITER_TYPE.ITER_BVEC:
+        if i.iter_type == ITER_BVEC:
             base = int(i.segs[k, 1]) & 0xFFFFFFFF
         else:
             base = int(i.segs[k, 0])
@@ -362,7 +378,7 @@ def _pieces(i: IovIter) -> Iterator[tuple[int, int]]:
     non-empty segment pieces, BVEC ones split at page boundaries with in-page offsets
     (``for_each_bvec`` walks with the single-page ``bvec_iter_bvec``)."""
     for _k, start, length in i.chunks(i.count):
-        if i.iter_type != ITER_TYPE.ITER_BVEC:
+        if i.iter_type != ITER_BVEC:
             yield start, length
             continue
         while length:
@@ -384,17 +400,17 @@ def iov_iter_npages(i: IovIter, maxpages: int) -> int:
     DISCARD: 0.
     """
     t = i.iter_type
-    if not i.count or t == ITER_TYPE.ITER_DISCARD:
+    if not i.count or t == ITER_DISCARD:
         return 0
-    if t == ITER_TYPE.ITER_PIPE:
+    if t == ITER_PIPE:
         from .pipe_buf import pipe_npages
 
         return min(pipe_npages(i), maxpages)
-    if t == ITER_TYPE.ITER_UBUF:  # the pages of [ubuf + iov_offset, + count)
+    if t == ITER_UBUF:  # the pages of [ubuf + iov_offset, + count)
         offs = (i.ubuf + i.iov_offset) & (PAGE_SIZE - 1)
         return min((offs + i.count + PAGE_SIZE - 1) >> PAGE_SHIFT, maxpages)
     npages = 0
-    if i.v6 and t == ITER_TYPE.ITER_BVEC:
+    if i.v6 and t == ITER_BVEC:
         size = i.count
         for start, length in _segments(i):
             length = min(length, size)
@@ -422,16 +438,16 @@ def iov_iter_alignment(i: IovIter) -> int:
     in-buffer offset when the last buffer is partly filled.
     """
     t = i.iter_type
-    if t == ITER_TYPE.ITER_DISCARD:
+    if t == ITER_DISCARD:
         return i.count
-    if t == ITER_TYPE.ITER_PIPE:
+    if t == ITER_PIPE:
         from .pipe_buf import pipe_alignment
 
         return pipe_alignment(i)
-    if t == ITER_TYPE.ITER_UBUF:
+    if t == ITER_UBUF:
         return (i.ubuf + i.iov_offset) | i.count if i.count else 0
     res = 0
-    if i.v6 and t == ITER_TYPE.ITER_BVEC:
+    if i.v6 and t == ITER_BVEC:
         size = i.count
         for start, length in _segments(i):
             length = min(length, size)
@@ -457,9 +473,9 @@ def iov_iter_gap_alignment(i: IovIter) -> int:
     """
     t = i.iter_type
     if i.v6:
-        if t == ITER_TYPE.ITER_UBUF:
+        if t == ITER_UBUF:
             return 0
-        if t != ITER_TYPE.ITER_IOVEC:
+        if t != ITER_IOVEC:
             i.pgdat.events.warn("iov_iter_gap_alignment", f"{t.name} iterator")
             return 0xFFFFFFFF
         res = prev_end = 0
@@ -475,7 +491,7 @@ def iov_iter_gap_alignment(i: IovIter) -> int:
                 break
             size -= length
         return res
-    if t in (ITER_TYPE.ITER_PIPE, ITER_TYPE.ITER_DISCARD):
+    if t in (ITER_PIPE, ITER_DISCARD):
         i.pgdat.events.warn("iov_iter_gap_alignment", "pipe or discard iterator")
         return 0xFFFFFFFF
     res = 0
@@ -495,9 +511,9 @@ def iov_iter_is_aligned(i: IovIter, addr_mask: int, len_mask: int) -> bool:
     as ``bv_len - skip``, the fix <20250428095849.11709-1-nj.shetty@samsung.com> to Linux
     commit 2263639f96f2 ("iov_iter: streamline iovec/bvec alignment iteration"))."""
     t = i.iter_type
-    if t in (ITER_TYPE.ITER_PIPE, ITER_TYPE.ITER_DISCARD):
+    if t in (ITER_PIPE, ITER_DISCARD):
         return not (i.count & len_mask)
-    if t == ITER_TYPE.ITER_UBUF:
+    if t == ITER_UBUF:
         start = int(i.segs[0, 0]) + i.iov_offset
         return not (i.count & len_mask) and not (start & addr_mask)
     size = i.count
@@ -514,7 +530,7 @@ def iov_iter_is_aligned(i: IovIter, addr_mask: int, len_mask: int) -> bool:
 # --- copies ---------------------------------------------------------------------------------
 def _phys(i: IovIter, k: int, start: int) -> tuple[int, int]:
     """(pfn, offset in page) of byte ``start`` of kernel-backed segment ``k``."""
-    if i.iter_type == ITER_TYPE.ITER_BVEC:
+    if i.iter_type == ITER_BVEC:
         page = int(i.segs[k, 0]) + (start >> PAGE_SHIFT)
         return page, start & (PAGE_SIZE - 1)
     phys = start - PAGE_OFFSET
@@ -564,10 +580,10 @@ def iov_iter_zero(nbytes: int, i: IovIter) -> int:
 def _copy(i: IovIter, n: int, src: np.ndarray | None, to_iter: bool) -> tuple[int, bytes]:
     t = i.iter_type
     n = min(n, i.count)
-    if t == ITER_TYPE.ITER_DISCARD:
+    if t == ITER_DISCARD:
         iov_iter_advance(i, n)
         return n, b"\0" * n if not to_iter else b""
-    if t == ITER_TYPE.ITER_PIPE:
+    if t == ITER_PIPE:
         from .pipe_buf import copy_to_pipe
 
         if not to_iter or src is None:

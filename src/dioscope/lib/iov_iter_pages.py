@@ -30,7 +30,16 @@ from ..kernel.types import MAX_RW_COUNT, PAGE_MASK, PAGE_OFFSET, PAGE_SHIFT, PAG
 from ..mm.gup import get_user_pages_fast, pin_page, pin_user_pages_fast
 from ..mm.gup_core import FOLL
 from ..mm.page_ref import get_page
-from .iov_iter import ITER_DEST, ITER_TYPE, IovIter, iov_iter_advance
+from .iov_iter import (
+    ITER_BVEC,
+    ITER_DEST,
+    ITER_DISCARD,
+    ITER_IOVEC,
+    ITER_KVEC,
+    ITER_PIPE,
+    IovIter,
+    iov_iter_advance,
+)
 from .pipe_buf import data_start, pipe_space_for_user, push_pipe
 
 __all__ = [
@@ -94,20 +103,20 @@ def _get_pages_59(i: IovIter, pages: np.ndarray | None, maxsize: int, maxpages: 
                   pin: bool, holder: object) -> AllocResult:
     maxsize = min(maxsize, i.count)
     t = i.iter_type
-    if t == ITER_TYPE.ITER_PIPE:
+    if t == ITER_PIPE:
         return _pipe_get_pages(i, pages, maxsize, maxpages, pin, holder)
-    if t == ITER_TYPE.ITER_DISCARD:
+    if t == ITER_DISCARD:
         return -errno.EFAULT, pages, 0
-    if pin and t != ITER_TYPE.ITER_IOVEC:
+    if pin and t != ITER_IOVEC:
         i.pgdat.events.warn_once("iov_iter_pin_pages", f"{t.name} iterator cannot be pinned")
         return -errno.EFAULT, pages, 0
     piece = i.first_segment(maxsize)
     if piece is None:
         return 0, pages, 0
     k, addr, length = piece
-    if t == ITER_TYPE.ITER_KVEC:
+    if t == ITER_KVEC:
         return -errno.EFAULT, pages, 0
-    if t == ITER_TYPE.ITER_BVEC:
+    if t == ITER_BVEC:
         # One page of the current bvec, with a plain reference (bvec pages are never pinned).
         page = int(i.segs[k, 0]) + (addr >> PAGE_SHIFT)
         start = addr & (PAGE_SIZE - 1)
@@ -213,7 +222,7 @@ def _get_pages2(i: IovIter, pages: np.ndarray | None, maxsize: int, maxpages: in
     maxsize = min(maxsize, MAX_RW_COUNT)
     if i.user_backed_iter():
         return _user_pages(i, pages, maxsize, maxpages, False, holder)
-    if i.iter_type == ITER_TYPE.ITER_BVEC:
+    if i.iter_type == ITER_BVEC:
         piece = i.first_segment(maxsize)
         assert piece is not None
         k, off, maxsize = piece
@@ -274,7 +283,7 @@ def iov_iter_extract_pages(i: IovIter, pages: np.ndarray | None, maxsize: int, m
     t = i.iter_type
     if i.user_backed_iter():
         return _user_pages(i, pages, maxsize, maxpages, True, holder)
-    if t == ITER_TYPE.ITER_KVEC:
+    if t == ITER_KVEC:
         piece = i.first_segment(maxsize)
         assert piece is not None
         _k, kaddr, length = piece
@@ -285,7 +294,7 @@ def iov_iter_extract_pages(i: IovIter, pages: np.ndarray | None, maxsize: int, m
         maxsize = min(length, n * PAGE_SIZE - offset)
         iov_iter_advance(i, maxsize)
         return maxsize, pages, offset
-    if t == ITER_TYPE.ITER_BVEC:
+    if t == ITER_BVEC:
         return _extract_bvec(i, pages, maxsize, maxpages)
     return -errno.EFAULT, pages, 0
 

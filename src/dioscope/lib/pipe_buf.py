@@ -100,13 +100,13 @@ class PipeInodeInfo:
 
 def iov_iter_pipe(pgdat: PgData, direction: int, pipe: PipeInodeInfo, count: int) -> IovIter:
     """``iov_iter_pipe()``: a READ destination that appends to ``pipe`` [5.9 profiles]."""
-    from .iov_iter import ITER_DEST, ITER_TYPE, IovIter
+    from .iov_iter import ITER_DEST, ITER_PIPE, IovIter
 
     if not pgdat.cfg.ITER_PIPE:
         raise RuntimeError(f"ITER_PIPE does not exist in profile {pgdat.cfg.name}")
     if direction != ITER_DEST:
         raise ValueError("an ITER_PIPE iterator is always a READ destination")
-    i = IovIter(pgdat, ITER_TYPE.ITER_PIPE, direction, count)
+    i = IovIter(pgdat, ITER_PIPE, direction, count)
     i.pipe = pipe
     i._seg = pipe.head
     i.start_head = pipe.head
