@@ -258,7 +258,7 @@ class Bio:
         """Remember ``pages`` as what :meth:`pages` returns for the bvecs as they are now
         (the caller just built them from exactly these pages, in order). ``pages`` becomes
         read-only. Return: ``pages``."""
-        pages.flags.writeable = False
+        pages.setflags(write=False)
         self._pages_key = self.bi_io_vec[: self.bi_vcnt].tobytes()
         self._pages_val = pages
         return pages

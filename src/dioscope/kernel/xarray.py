@@ -71,7 +71,7 @@ class XArray:
             return None
         lo = start & _MASK
         v = ch[lo : lo + end - start]
-        v.flags.writeable = False
+        v.setflags(write=False)
         return v
 
     def gather(self, indices: np.ndarray) -> np.ndarray:
