@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...kernel.npfast import all_set
 from ...kernel.xarray import XA_CHUNK, XArray
 
 if TYPE_CHECKING:
@@ -94,6 +93,7 @@ def _decode(enc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 _RAMP = np.arange(XA_CHUNK, dtype=np.int64)
+_RAMP_BYTES = _RAMP.tobytes()
 """0, 1, 2, ...: block i of a contiguous run holds first + i."""
 
 
@@ -129,8 +129,11 @@ class ExtentMap:
             if enc is None:
                 enc = self.xa.dense(at, at + step)
             step = len(enc)
-            same = (enc - _RAMP[:step]) == first + length
-            k = step if all_set(same) else int(same.argmin())
+            rel = enc - (first + length)  # 0, 1, 2, ... while the run goes on
+            if rel.tobytes() == _RAMP_BYTES[: 8 * step]:
+                k = step
+            else:
+                k = int((rel == _RAMP[:step]).argmin())
             length += k
             if k < step:
                 break
