@@ -35,7 +35,13 @@ def bvec_iter_list(bvecs: np.ndarray, it: BvecIter) -> list[tuple[int, int, int]
     if size <= 0:
         return out
     done = it.bi_bvec_done
-    for page, lo in bvecs[it.bi_idx : it.bi_idx + SMALL].tolist():
+    idx = it.bi_idx
+    if idx < len(bvecs):  # the first row alone: most iterators end in it
+        page, lo = bvecs[idx].tolist()
+        if (lo >> 32) - done >= size:
+            out.append((page, (lo & _LO32) + done, size))
+            return out
+    for page, lo in bvecs[idx : idx + SMALL].tolist():
         n = (lo >> 32) - done
         if n >= size:
             out.append((page, (lo & _LO32) + done, size))
