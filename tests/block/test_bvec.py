@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from dioscope.block.blk_types import BvecIter
-from dioscope.block.bvec import bvec_iter_advance, bvec_iter_phys, bvec_iter_rows
+from dioscope.block.bvec import (
+    SMALL,
+    bvec_iter_advance,
+    bvec_iter_list,
+    bvec_iter_phys,
+    bvec_iter_rows,
+)
 
 
 def rows(*vecs: tuple[int, int, int]) -> np.ndarray:
@@ -21,7 +27,7 @@ def rows(*vecs: tuple[int, int, int]) -> np.ndarray:
 BV = rows((10, 4096, 0), (20, 7680, 512), (30, 512, 0x200))
 
 
-@pytest.mark.parametrize(("idx", "done", "size", "pages", "offs", "lens"), [
+ROW_CASES = [
     (0, 0, 12288, [10, 20, 30], [0, 512, 0x200], [4096, 7680, 512]),
     (0, 0, 4096, [10], [0], [4096]),
     (0, 0, 4097, [10, 20], [0, 512], [4096, 1]),
@@ -32,11 +38,28 @@ BV = rows((10, 4096, 0), (20, 7680, 512), (30, 512, 0x200))
     (1, 0x1000, 3584, [20], [0x1200], [3584]),
     (2, 0, 512, [30], [0x200], [512]),
     (0, 0, 0, [], [], []),
-])
+]
+ROW_FIELDS = ("idx", "done", "size", "pages", "offs", "lens")
+
+
+@pytest.mark.parametrize(ROW_FIELDS, ROW_CASES)
 def test_rows(idx: int, done: int, size: int, pages: list[int], offs: list[int],
               lens: list[int]) -> None:
     p, o, n = bvec_iter_rows(BV, BvecIter(0, size, idx, done))
     assert (p.tolist(), o.tolist(), n.tolist()) == (pages, offs, lens)
+
+
+@pytest.mark.parametrize(ROW_FIELDS, ROW_CASES)
+def test_list_matches_rows(idx: int, done: int, size: int, pages: list[int], offs: list[int],
+                           lens: list[int]) -> None:
+    # The same table through the plain-Python walk (which reads the first row alone first).
+    assert bvec_iter_list(BV, BvecIter(0, size, idx, done)) == list(zip(pages, offs, lens))
+
+
+def test_list_declines_more_than_small_rows() -> None:
+    many = rows(*[(100 + i, 512, 0) for i in range(SMALL + 1)])
+    assert bvec_iter_list(many, BvecIter(0, 512 * SMALL)) is not None
+    assert bvec_iter_list(many, BvecIter(0, 512 * SMALL + 1)) is None
 
 
 def test_phys() -> None:

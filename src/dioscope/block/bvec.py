@@ -111,6 +111,11 @@ def bvec_iter_advance(bvecs: np.ndarray, it: BvecIter, nbytes: int) -> bool:
     idx = it.bi_idx
     if not total:
         return True
+    if idx < len(bvecs):  # most advances end in or with the first row
+        n = bvecs.item(idx, 1) >> 32
+        if total <= n:
+            it.bi_idx, it.bi_bvec_done = (idx, total) if total < n else (idx + 1, 0)
+            return True
     # A few rows: walk them in Python (the loop of the kernel's bvec_iter_advance).
     for lo in bvecs[idx : idx + SMALL, 1].tolist():
         n = lo >> 32
