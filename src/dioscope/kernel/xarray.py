@@ -47,7 +47,7 @@ class XArray:
     # --- reads ------------------------------------------------------------------------------
     def get(self, index: int) -> int:
         ch = self.chunks.get(index >> XA_CHUNK_SHIFT)
-        return int(ch[index & _MASK]) if ch is not None and index >= 0 else -1
+        return ch.item(index & _MASK) if ch is not None and index >= 0 else -1
 
     def dense(self, start: int, end: int) -> np.ndarray:
         """Values of ``[start, end)`` as one array (a copy; -1 where absent)."""
