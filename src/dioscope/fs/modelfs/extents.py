@@ -93,8 +93,8 @@ def _decode(enc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 _RAMP = np.arange(XA_CHUNK, dtype=np.int64)
-_RAMP_BYTES = _RAMP.tobytes()
 """0, 1, 2, ...: block i of a contiguous run holds first + i."""
+_RAMP_BYTES = _RAMP.tobytes()
 
 
 class ExtentMap:
@@ -129,7 +129,10 @@ class ExtentMap:
             if enc is None:
                 enc = self.xa.dense(at, at + step)
             step = len(enc)
-            rel = enc - (first + length)  # 0, 1, 2, ... while the run goes on
+            # 0, 1, 2, ... while the run goes on. (In two steps: ``first + length`` may not
+            # fit an int64 when ``first`` carries UNWRITTEN_BIT; ``enc - first`` always does.)
+            rel = enc - first
+            rel -= length
             if rel.tobytes() == _RAMP_BYTES[: 8 * step]:
                 k = step
             else:
