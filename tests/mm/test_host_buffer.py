@@ -90,3 +90,11 @@ def test_physmem_frame_zero_is_2m_aligned(nr_pages: int) -> None:
     assert len(mem.bytes) == len(mem.view) == nr_pages * 4096
     assert _addr(mem.view) == mem.bytes.ctypes.data
     assert mem.frames.shape == (nr_pages, 4096)
+
+
+def test_host_thp_cannot_say_for_empty_or_strided_views() -> None:
+    m, view = host_buffer(1 << 20)
+    assert host_thp(view[:0]) is None
+    assert host_thp(view[::2]) is None
+    view.release()
+    m.close()

@@ -56,19 +56,26 @@ _KPF_THP = 1 << 22  # include/uapi/linux/kernel-page-flags.h
 def host_thp(view: memoryview) -> bool | None:
     """Whether the host page under the first byte of ``view`` (present: touch it first) is
     part of a transparent huge page (``/proc/self/pagemap`` then ``/proc/kpageflags``
-    KPF_THP). Return: None where the host cannot say (not Linux, not root: the PFN reads
-    as 0 or the files do not open)."""
-    addr = int(np.frombuffer(view, np.uint8).ctypes.data)
+    KPF_THP). Return: None where the host cannot say: not Linux, not root (the PFN reads as
+    0, or the files do not open), the page not present, an empty or non-contiguous view."""
+    try:
+        addr = int(np.frombuffer(view, np.uint8).ctypes.data) if len(view) else -1
+    except (BufferError, ValueError):
+        return None
+    if addr < 0:
+        return None
     try:
         with open("/proc/self/pagemap", "rb") as f:
             f.seek((addr >> PAGE_SHIFT) * 8)
-            entry = int.from_bytes(f.read(8), "little")
+            raw = f.read(8)
+        entry = int.from_bytes(raw, "little")
         pfn = entry & ((1 << 55) - 1)
-        if not entry >> 63 or not pfn:
+        if len(raw) < 8 or not entry >> 63 or not pfn:
             return None
         with open("/proc/kpageflags", "rb") as f:
             f.seek(pfn * 8)
-            return bool(int.from_bytes(f.read(8), "little") & _KPF_THP)
+            raw = f.read(8)
+        return bool(int.from_bytes(raw, "little") & _KPF_THP) if len(raw) == 8 else None
     except OSError:
         return None
 
