@@ -80,6 +80,7 @@ def test_rows_beyond_array() -> None:
     ((0, 0, 12288), 0x1000, 1, 0, 8192),         # exactly one bvec: on to the next
     ((0, 0, 12288), 0x1001, 1, 1, 8191),
     ((0, 0x800, 10240), 0x800, 1, 0, 8192),      # done + bytes completes the bvec
+    ((0, 0x800, 10240), 0x900, 1, 0x100, 7936),  # bytes fit the first bvec, done + bytes not
     ((0, 0, 12288), 11776, 2, 0, 512),
     ((0, 0, 12288), 12288, 3, 0, 0),             # everything: past the last bvec
     ((1, 7679, 513), 1, 2, 0, 512),
