@@ -43,7 +43,12 @@ Figures (medians over chunks):
   :class:`~dioscope.sanitizer.Sanitizer` attached (goal <= 2.5);
 * ``dio.syscall_overhead_us``: model minus host time per 4 KiB read;
 * ``dio.read_1m_throughput_ratio_4k_pages``, ``dio.write_1m_throughput_ratio_4k_pages``: the
-  1 MiB ratios with the model's buffer on 4 KiB pages (no goal).
+  1 MiB ratios with the model's buffer on 4 KiB pages (no goal);
+* ``dio.model_own_us_{read_4k,read_1m,write_1m}``: the model's time per request outside its
+  device's host calls (its own Python, as it runs between real waits), and
+  ``dio.device_extra_us_*``: how much longer those host calls take than the host's own same
+  I/O. A separate pass times ``FileDevice._move``; the ratio of a workload is
+  host ÷ (host + extra + own). No goal: they say what a ratio's gap is made of.
 
 When a goal is missed, a cProfile summary of the model's 4 KiB read path is printed (top
 functions by cumulative and by own time).
@@ -170,20 +175,54 @@ class HostSide:
         os.close(self.fd)
 
 
-def _interleaved(model: ModelSide, host: HostSide, op: str, n: int,
-                 chunks: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+def _interleaved(model: ModelSide, host: HostSide, op: str, n: int, chunks: list[list[int]],
+                 probe: list[float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seconds each side spent on each chunk of offsets, alternating, taking turns to go
-    first. Return: (model seconds, host seconds) per chunk."""
+    first. Return: (model seconds, host seconds, and how much ``probe[0]`` grew during the
+    model's chunk, zeros without a probe) per chunk."""
     t_model, t_host = np.zeros(len(chunks)), np.zeros(len(chunks))
+    grew = np.zeros(len(chunks))
     m_op, h_op = getattr(model, op), getattr(host, op)
     for c, offs in enumerate(chunks):
         order = ((m_op, t_model), (h_op, t_host))
         for fn, times in order if c % 2 == 0 else order[::-1]:
+            p0 = probe[0] if probe is not None and fn is m_op else 0.0
             t0 = time.perf_counter()
             for off in offs:
                 fn(n, off)
             times[c] = time.perf_counter() - t0
-    return t_model, t_host
+            if probe is not None and fn is m_op:
+                grew[c] = probe[0] - p0
+    return t_model, t_host, grew
+
+
+def _split(model: ModelSide, host: HostSide, op: str, n: int,
+           chunks: list[list[int]]) -> tuple[float, float]:
+    """Where the model's extra time goes, per request (µs, medians over chunks): its own
+    work outside the device's host calls (the Python of the syscall, VFS, iomap, GUP, bio,
+    blk-mq and completion paths), and how much longer those host calls take than the host's
+    own same I/O (host-observations item 16). The host calls are timed by wrapping
+    ``FileDevice._move`` for this pass only, so the goal figures are not perturbed."""
+    dev = model.dev
+    real = dev._move
+    spent = [0.0]
+
+    def timed(write: bool, offset: int, bufs: list[memoryview], aligned: bool) -> int:
+        t0 = time.perf_counter()
+        try:
+            return real(write, offset, bufs, aligned)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    dev._move = timed  # type: ignore[method-assign]
+    try:
+        t_model, t_host, t_dev = _interleaved(model, host, op, n, chunks, spent)
+    finally:
+        del dev._move
+    per = np.array([len(c) for c in chunks], float)
+    own = float(np.median((t_model - t_dev) / per))
+    extra = float(np.median((t_dev - t_host) / per))
+    return own * 1e6, extra * 1e6
 
 
 def _seq_chunks() -> list[list[int]]:
@@ -228,22 +267,26 @@ def measure(workdir: str) -> tuple[dict[str, float], ModelSide]:
             model.read(MIB, (i % 8) * MIB)
             host.read(MIB, (i % 8) * MIB)
         fig: dict[str, float] = {}
-        m, h = _interleaved(model, host, "read", 4 * KIB, _rand_chunks(1))
+        m, h, _ = _interleaved(model, host, "read", 4 * KIB, _rand_chunks(1))
         fig["lat"] = float(np.median(m / h))
         fig["overhead_us"] = float(np.median(m - h)) / RAND_CHUNK * 1e6
         with Sanitizer(model.k.pgdat, recipe="python bench/bench_dio.py") as san:
-            m, h = _interleaved(model, host, "read", 4 * KIB, _rand_chunks(2))
+            m, h, _ = _interleaved(model, host, "read", 4 * KIB, _rand_chunks(2))
             fig["lat_san"] = float(np.median(m / h))
             san.check_quiescent()
             san.assert_clean()
-        m, h = _interleaved(model, host, "read", MIB, _seq_chunks())
+        m, h, _ = _interleaved(model, host, "read", MIB, _seq_chunks())
         fig["read_1m"] = float(np.median(h / m))
-        m, h = _interleaved(model, host, "write", MIB, _seq_chunks())
+        m, h, _ = _interleaved(model, host, "write", MIB, _seq_chunks())
         fig["write_1m"] = float(np.median(h / m))
+        for key, op, n, chunks in (("read_4k", "read", 4 * KIB, _rand_chunks(3)),
+                                   ("read_1m", "read", MIB, _seq_chunks()),
+                                   ("write_1m", "write", MIB, _seq_chunks())):
+            fig[f"own_{key}"], fig[f"dev_extra_{key}"] = _split(model, host, op, n, chunks)
         model.buf = model.small_buf
-        m, h = _interleaved(model, host, "read", MIB, _seq_chunks())
+        m, h, _ = _interleaved(model, host, "read", MIB, _seq_chunks())
         fig["read_1m_4k"] = float(np.median(h / m))
-        m, h = _interleaved(model, host, "write", MIB, _seq_chunks())
+        m, h, _ = _interleaved(model, host, "write", MIB, _seq_chunks())
         fig["write_1m_4k"] = float(np.median(h / m))
         model.buf = model.thp_buf
         acq, rel = model.k.vmstat.pins()
@@ -286,6 +329,11 @@ def run() -> dict[str, dict[str, Any]]:
             "value": round(fig["read_1m_4k"], 3), "unit": "model/host"},
         "dio.write_1m_throughput_ratio_4k_pages": {
             "value": round(fig["write_1m_4k"], 3), "unit": "model/host"},
+        **{f"dio.model_own_us_{key}": {"value": round(fig[f"own_{key}"], 1), "unit": "us/request"}
+           for key in ("read_4k", "read_1m", "write_1m")},
+        **{f"dio.device_extra_us_{key}": {
+            "value": round(fig[f"dev_extra_{key}"], 1), "unit": "us/request"}
+           for key in ("read_4k", "read_1m", "write_1m")},
     }
 
 
