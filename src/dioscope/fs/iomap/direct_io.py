@@ -198,7 +198,7 @@ def _bio_actor(inode: Inode, pos: int, length: int, dio: IomapDio, iomap: IoMap,
     if cfg.IOV_ITER_EXTRACT:
         if (pos | length) & (lbs - 1):
             return -errno.EINVAL
-    elif (pos | length | _iter_alignment(it)) & (lbs - 1):
+    elif (pos | length | iov_iter_alignment(it)) & (lbs - 1):
         return -errno.EINVAL
     need_zeroout = False
     if iomap.type == IOMAP_TYPE.IOMAP_UNWRITTEN:
@@ -252,10 +252,6 @@ def _bio_actor(inode: Inode, pos: int, length: int, dio: IomapDio, iomap: IoMap,
             _iomap_dio_zero(dio, iomap, pos, fs_block_size - pad)
     iov_iter_reexpand(it, orig_count - copied)
     return copied if copied else ret
-
-
-def _iter_alignment(it: IovIter) -> int:
-    return iov_iter_alignment(it)
 
 
 def _hole_actor(length: int, dio: IomapDio, it: IovIter) -> int:
