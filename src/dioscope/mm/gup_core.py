@@ -159,7 +159,7 @@ def _put_folio_pins(pgdat: PgData, head: int, unit: int, n: int, pages: np.ndarr
     pgdat.vmstat.nr_foll_pin_released += n
     if unit == 1:
         p.pincount[head] -= n
-    post = _wrap32(int(p.refcount[head]) - unit * n)
+    post = _wrap32(p.refcount.item(head) - unit * n)
     p.refcount[head] = post
     if post <= 0:
         if zeroed is not None:
@@ -178,7 +178,7 @@ def unpin_user_folio(pgdat: PgData, head: int, n: int, first: int, holder: objec
     Return: False, touching nothing, for a pin-exempt zero page (the caller takes the
     page-by-page path, which checks it).
     """
-    unit = int(pgdat.pages.pin_unit[head])
+    unit = pgdat.pages.pin_unit.item(head)
     if not unit:
         return False
     _put_folio_pins(pgdat, head, unit, n, first, holder, site, zeroed)
@@ -290,13 +290,10 @@ def gup_put_pages(
         return
     p = pgdat.pages
     if n == 1 and flags & _FOLL_PIN:
-        page = int(pages[0])
-        if page >= 0:  # one page: scalar arithmetic on its folio (the zero page declines)
-            head = int(p.head[page])
-            unit = int(p.pin_unit[head])
-            if unit:
-                _put_folio_pins(pgdat, head, unit, 1, pages, holder, site)
-                return
+        page = pages.item(0)
+        # One page: scalar arithmetic on its folio (the zero page declines).
+        if page >= 0 and unpin_user_folio(pgdat, p.head.item(page), 1, page, holder, site):
+            return
     if flags & _FOLL_PIN:
         small = p.small.take(pages)
         if small.item(small.argmin()):
