@@ -85,11 +85,16 @@ def _gup_fast_shortcuts(
 ) -> int:
     """The two common cases of GUP-fast, tried before the general path by
     ``get_user_pages_fast`` and ``pin_user_pages_fast``: plain flags (FOLL_WRITE at most), a
-    page-aligned range of at most 512 pages, and either distinct small exclusive anon pages
+    page-aligned range of at most 512 pages, a pages array that holds them, and either
+    distinct small exclusive anon pages
     (:func:`_gup_fast_unique`) or one PMD-mapped THP (:func:`_gup_fast_pmd`).
     Return: pages taken, or -1 (take the general path)."""
     if gup_flags & ~_FOLL_WRITE or not 0 < nr_pages <= 512 or start & 0xFFF:
         return -1
+    if len(pages) < nr_pages:
+        return -1  # the general path reports a short pages array before grabbing anything
+    if mm.pgdat.cfg.GUP_FORCED_COW:
+        gup_flags = _FOLL_WRITE  # v5.8: GUP-fast takes only writable PTEs (see _gup_fast)
     # The VMA the last lookup found is tried first (``mm->vmacache`` of 5.9; 6.x walks the
     # maple tree, which the model's per-mm cache stands in for).
     vma = mm.vma_cache
@@ -118,11 +123,7 @@ def _gup_fast_unique(
     Return: pages taken, or -1 if the range does not qualify (the caller takes the general
     path, which also does all argument checking).
     """
-    if len(pages) < nr_pages:
-        return -1  # the general path reports a short pages array before grabbing anything
     pgdat = mm.pgdat
-    if pgdat.cfg.GUP_FORCED_COW:
-        write = _FOLL_WRITE  # v5.8: GUP-fast takes only writable PTEs (see _gup_fast)
     need = _PTE_FAST_WRITE if write else _PTE_FAST_READ
     if nr_pages == 1:  # one PTE: a scalar test
         if s0 >= len(vma.pt_flags) or vma.pt_flags.item(s0) < need:
@@ -158,14 +159,10 @@ def _gup_fast_pmd(
     Return: pages taken, or -1 if the range does not qualify.
     """
     end = start + (nr_pages << PAGE_SHIFT) - 1
-    if start // HPAGE_PMD_SIZE != end // HPAGE_PMD_SIZE or len(pages) < nr_pages:
-        return -1  # (a short pages array: the general path reports it before grabbing)
-    if end >= vma.vm_end:
+    if start // HPAGE_PMD_SIZE != end // HPAGE_PMD_SIZE or end >= vma.vm_end:
         return -1
     pgdat = mm.pgdat
     cfg = pgdat.cfg
-    if cfg.GUP_FORCED_COW:
-        write = _FOLL_WRITE  # v5.8: GUP-fast takes only writable PTEs (see _gup_fast)
     s0 = (start - vma.vm_start) >> PAGE_SHIFT
     fl = vma.pt_flags[s0 : s0 + nr_pages]
     f0 = fl.item(fl.argmin())  # (Python ints: numpy scalar arithmetic costs more)
@@ -333,7 +330,7 @@ def _gup_fast(
         n = min(nr_pages - got, ((vma.vm_end - vma.vm_start) >> PAGE_SHIFT) - s0)
         s1 = s0 + n
         fl = vma.pt_flags[s0:s1]
-        if fl[fl.argmin()] >= (PTE_FAST_WRITE if write else PTE_FAST_READ):
+        if fl.item(fl.argmin()) >= (_PTE_FAST_WRITE if write else _PTE_FAST_READ):
             # Distinct small exclusive anon pages: one scatter for the whole run.
             pfns = vma.pt_pfn[s0:s1]
             k = try_grab_unique_small(pgdat, pfns, gup_flags, holder, site)
