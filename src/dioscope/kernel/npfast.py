@@ -20,19 +20,19 @@ __all__ = ["all_set", "amax", "amin", "any_set"]
 
 def any_set(a: np.ndarray) -> bool:
     """``a.any()`` of a bool or non-negative array: some entry is nonzero (False if empty)."""
-    return len(a) > 0 and bool(a[a.argmax()])
+    return len(a) > 0 and bool(a.item(a.argmax()))
 
 
 def all_set(a: np.ndarray) -> bool:
     """``a.all()`` of a bool or non-negative array: no entry is zero (True if empty)."""
-    return not len(a) or bool(a[a.argmin()])
+    return not len(a) or bool(a.item(a.argmin()))
 
 
 def amin(a: np.ndarray) -> int:
     """``int(a.min())`` of a non-empty integer array."""
-    return int(a[a.argmin()])
+    return int(a.item(a.argmin()))
 
 
 def amax(a: np.ndarray) -> int:
     """``int(a.max())`` of a non-empty integer array."""
-    return int(a[a.argmax()])
+    return int(a.item(a.argmax()))
