@@ -514,7 +514,7 @@ def iov_iter_is_aligned(i: IovIter, addr_mask: int, len_mask: int) -> bool:
     if t in (ITER_PIPE, ITER_DISCARD):
         return not (i.count & len_mask)
     if t == ITER_UBUF:
-        start = int(i.segs[0, 0]) + i.iov_offset
+        start = i.ubuf + i.iov_offset
         return not (i.count & len_mask) and not (start & addr_mask)
     size = i.count
     for start, length in _segments(i):
