@@ -31,22 +31,28 @@ def _want_huge(m: mmap.mmap) -> None:
             pass
 
 
-def host_buffer(nbytes: int) -> tuple[mmap.mmap, memoryview]:
-    """A private anonymous host buffer of ``nbytes``, 2 MiB-aligned and backed by
-    transparent huge pages where the host allows (``MADV_HUGEPAGE``), for O_DIRECT I/O.
+def _map_huge_aligned(nbytes: int, flags: int) -> tuple[mmap.mmap, int]:
+    """A private anonymous host mapping asking for transparent huge pages
+    (``MADV_HUGEPAGE``), and the offset in it of ``nbytes`` that start on a 2 MiB boundary.
 
     The mapping is ``nbytes`` rounded up to 2 MiB, plus 2 MiB: wherever the host places it,
-    the 2 MiB-aligned huge pages the view lies in are then wholly inside it, and only those
+    the 2 MiB-aligned huge pages those bytes lie in are then wholly inside it, and only those
     can be THPs (a mapping of ``nbytes + 2 MiB`` got one only when the host happened to place
     it at most ``2 MiB - nbytes`` before a 2 MiB boundary).
+    """
+    m = mmap.mmap(-1, -(-nbytes // _HPAGE) * _HPAGE + _HPAGE, flags=flags)
+    _want_huge(m)
+    return m, -int(np.frombuffer(m, np.uint8).ctypes.data) % _HPAGE
+
+
+def host_buffer(nbytes: int) -> tuple[mmap.mmap, memoryview]:
+    """A private anonymous host buffer of ``nbytes``, 2 MiB-aligned and backed by
+    transparent huge pages where the host allows, for O_DIRECT I/O
+    (:func:`_map_huge_aligned`).
 
     Return: (the mapping, to keep alive; a memoryview of exactly ``nbytes`` of it).
     """
-    span = -(-nbytes // _HPAGE) * _HPAGE + _HPAGE
-    m = mmap.mmap(-1, span, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    _want_huge(m)
-    addr = np.frombuffer(m, np.uint8).ctypes.data
-    off = -addr % _HPAGE
+    m, off = _map_huge_aligned(nbytes, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     return m, memoryview(m)[off : off + nbytes]
 
 
@@ -88,17 +94,14 @@ class PhysMem:
             raise ValueError("physical memory needs at least one frame")
         self.nr_pages = nr_pages
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
-        # 2 MiB more than needed, and frame 0 at the first 2 MiB boundary: a model THP
-        # (pfn a multiple of 512) then lies on one host huge page wherever the host places
-        # the mapping. (This host's 6.18 placed a 1 GiB mapping on a 2 MiB boundary by
-        # itself; not every kernel does.) Untouched, the extra costs nothing (MAP_NORESERVE).
-        self._map = mmap.mmap(-1, (nr_pages << PAGE_SHIFT) + _HPAGE, flags=flags)
-        _want_huge(self._map)
-        whole = np.frombuffer(self._map, dtype=np.uint8)
-        off = -int(whole.ctypes.data) % _HPAGE
+        # Frame 0 on a 2 MiB boundary: a model THP (pfn a multiple of 512) then lies on one
+        # host huge page wherever the host places the mapping. (This host's 6.18 placed a
+        # 1 GiB mapping on a 2 MiB boundary by itself; not every kernel does.) Untouched,
+        # the extra 2 MiB costs nothing (MAP_NORESERVE).
         size = nr_pages << PAGE_SHIFT
+        self._map, off = _map_huge_aligned(size, flags)
         self.view = memoryview(self._map)[off : off + size]
-        self.bytes = whole[off : off + size]
+        self.bytes = np.frombuffer(self._map, dtype=np.uint8)[off : off + size]
         """All of physical memory as one uint8 array (a view, not a copy)."""
         self.frames = self.bytes.reshape(nr_pages, PAGE_SIZE)
         """Physical memory as a (nr_pages, PAGE_SIZE) array: ``frames[pfn]`` is one frame."""
