@@ -9,6 +9,7 @@ maps the zero page into a buffer a later step uses as an untouched source.
 
 from __future__ import annotations
 
+import abc
 import os
 import struct
 from dataclasses import dataclass, field
@@ -70,12 +71,13 @@ def new_mapping(
     return HostMapping(name, addr, length, private, anon, [prot] * npages)
 
 
-class ChunkedRead:
+class ChunkedRead(abc.ABC):
     """:meth:`read` for a memory view that has ``read_chunks`` (the host's reader and the
     model's view share it)."""
 
+    @abc.abstractmethod
     def read_chunks(self, addr: int, n: int) -> list[tuple[int, bytes | None]]:
-        raise NotImplementedError
+        """[addr, addr+n) as (address, bytes or None when unreadable) pieces."""
 
     def read(self, addr: int, n: int) -> bytes | None:
         """Read [addr, addr+n); None when any byte is unreadable."""
