@@ -338,6 +338,7 @@ def test_item21_bvec_iterator_takes_no_refs(k: Kernel) -> None:
     c.assert_restored()
 
 
+@pytest.mark.pure
 def test_page_array_is_tail_packed_in_the_bvec_array(k: Kernel,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """``pages += entries_left * (PAGE_PTRS_PER_BVEC - 1)``: the page array of each inner

@@ -115,13 +115,13 @@ def test_pin_small_pages_adds_bias_and_counts_one_per_page(k, snapshot, nr):
     assert [ref(k, x) for x in pf] == [1 + BIAS] * nr
     assert [pincount(k, x) for x in pf] == [0] * nr
     assert k.vmstat.pins() == (before.acquired + nr, before.released)
-    assert all(page_maybe_dma_pinned(k.pgdat, x) for x in pf)
+    assert all(page_maybe_dma_pinned(k.pgdat, x) for x in pf.tolist())
     assert p.mm.has_pinned
 
     unpin_user_pages(k.pgdat, pages, nr)
     assert [ref(k, x) for x in pf] == [1] * nr
     assert k.vmstat.pins() == (before.acquired + nr, before.released + nr)
-    assert not any(page_maybe_dma_pinned(k.pgdat, x) for x in pf)
+    assert not any(page_maybe_dma_pinned(k.pgdat, x) for x in pf.tolist())
     before.assert_restored(k)
     assert k.events.events == []
 

@@ -350,21 +350,21 @@ def bio_check_pages_dirty(bio: Bio) -> None:
         bio.bio_put_ref()
         return
     dirty_list = _dirty_list(pgdat)
-    dirty_list.append(bio)
+    dirty_list.bios.append(bio)
     pgdat.system_wq.schedule_work(dirty_list.work)
 
 
-class _BioDirtyList(list[Bio]):
+class _BioDirtyList:
     """``bio_dirty_list`` + ``bio_dirty_work`` of one machine."""
 
     def __init__(self) -> None:
-        super().__init__()
+        self.bios: list[Bio] = []
         self.deferred = 0
 
     def work(self) -> None:
         """``bio_dirty_fn()``: re-dirty and release every queued bio."""
-        todo = list(self)
-        self.clear()
+        todo = self.bios
+        self.bios = []
         for bio in todo:
             self.deferred += 1
             bio_release_pages(bio, True)
@@ -581,7 +581,7 @@ def _bio_add_extracted_runs(bio: Bio, it: IovIter, extracted: np.ndarray, offset
     firsts = extracted[run_first].tolist()
     ends = [i * PAGE_SIZE - offset for i in brk]
     ends.append(size)
-    lens = [ends[0], *(b - a for a, b in pairwise(ends))]
+    lens = [ends[0]] + [b - a for a, b in pairwise(ends)]
     merge = False
     if vcnt:
         lpage, llo = vec[vcnt - 1].tolist()

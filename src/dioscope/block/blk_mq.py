@@ -30,7 +30,7 @@ driver flushes (the kernel runs a flush state machine, ``blk_insert_flush``).
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..kernel.task import TaskStruct, current, running, set_current
 from ..kernel.trace import blk_fill_rwbs, trace_event
@@ -69,7 +69,7 @@ class Request:
     __slots__ = ("bio", "biotail", "cmd_flags", "data_len", "ioprio", "nr_phys_segments",
                  "q", "sector", "seq", "state", "status")
 
-    _seq = 0
+    _seq: ClassVar[int] = 0
 
     def __init__(self, q: BlockDevice, bio: Bio, nr_segs: int, ioprio: int) -> None:
         self.q = q

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -162,7 +162,7 @@ class Bio:
         "seq",
     )
 
-    _seq = 0
+    _seq: ClassVar[int] = 0
 
     def __init__(self, bdev: Any, nr_vecs: int, opf: int, pgdat: Any = None) -> None:
         self.bi_bdev = bdev

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Final
 
 __all__ = [
     "IOPRIO_CLASS",
@@ -31,11 +31,11 @@ __all__ = [
 class IOPRIO_CLASS:
     """``enum`` of I/O priority classes (``include/uapi/linux/ioprio.h``)."""
 
-    IOPRIO_CLASS_NONE = 0
-    IOPRIO_CLASS_RT = 1
-    IOPRIO_CLASS_BE = 2
-    IOPRIO_CLASS_IDLE = 3
-    IOPRIO_CLASS_INVALID = 7
+    IOPRIO_CLASS_NONE: Final = 0
+    IOPRIO_CLASS_RT: Final = 1
+    IOPRIO_CLASS_BE: Final = 2
+    IOPRIO_CLASS_IDLE: Final = 3
+    IOPRIO_CLASS_INVALID: Final = 7
 
 
 IOPRIO_CLASS_SHIFT = 13

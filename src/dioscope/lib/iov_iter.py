@@ -99,25 +99,28 @@ ITER_PIPE = ITER_TYPE.ITER_PIPE
 ITER_DISCARD = ITER_TYPE.ITER_DISCARD
 
 
+_IOV_ITER_FIELDS = (
+    "_seg",
+    "count",
+    "data_source",
+    "iov_offset",
+    "iter_type",
+    "mm",
+    "nofault",
+    "nr_segs",
+    "pgdat",
+    "pipe",
+    "segs",
+    "start_head",
+    "ubuf",
+    "v6",
+)
+
+
 class IovIter:
     """``struct iov_iter``."""
 
-    __slots__ = (
-        "_seg",
-        "count",
-        "data_source",
-        "iov_offset",
-        "iter_type",
-        "mm",
-        "nofault",
-        "nr_segs",
-        "pgdat",
-        "pipe",
-        "segs",
-        "start_head",
-        "ubuf",
-        "v6",
-    )
+    __slots__ = _IOV_ITER_FIELDS
 
     def __init__(self, pgdat: PgData, iter_type: ITER_TYPE, direction: int, count: int,
                  segs: np.ndarray | None = None, mm: MmStruct | None = None) -> None:
@@ -153,8 +156,9 @@ class IovIter:
 
     def copy(self) -> IovIter:
         """A copy sharing the segment array (as a struct copy in C does)."""
-        c = IovIter.__new__(IovIter)
-        for f in IovIter.__slots__:
+        c = IovIter(self.pgdat, self.iter_type, self.data_source, self.count, self.segs,
+                    self.mm)
+        for f in _IOV_ITER_FIELDS:
             setattr(c, f, getattr(self, f))
         return c
 

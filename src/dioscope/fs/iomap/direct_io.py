@@ -26,7 +26,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Protocol
 
 from ...block.bio import (
     bio_alloc,
@@ -86,16 +86,15 @@ _OPF_READ_SYNC = _OPF_READ | int(REQ_FLAG.REQ_SYNC) | int(REQ_FLAG.REQ_IDLE)
 class IOMAP_DIO:
     """``dio->flags`` (``fs/iomap/direct-io.c`` private bits and ``include/linux/iomap.h``)."""
 
-    IOMAP_DIO_UNWRITTEN = 1 << 0
-    IOMAP_DIO_COW = 1 << 1
-    IOMAP_DIO_WRITE_FUA = 1 << 28
-    IOMAP_DIO_NEED_SYNC = 1 << 29
-    IOMAP_DIO_WRITE = 1 << 30
-    IOMAP_DIO_DIRTY = 1 << 31
+    IOMAP_DIO_UNWRITTEN: Final = 1 << 0
+    IOMAP_DIO_COW: Final = 1 << 1
+    IOMAP_DIO_WRITE_FUA: Final = 1 << 28
+    IOMAP_DIO_NEED_SYNC: Final = 1 << 29
+    IOMAP_DIO_WRITE: Final = 1 << 30
+    IOMAP_DIO_DIRTY: Final = 1 << 31
 
 
-@dataclass
-class IomapOps:
+class IomapOps(Protocol):
     """What a filesystem gives the engine (``struct iomap_ops`` + ``iomap_dio_ops``).
 
     ``iomap_begin(inode, pos, length, flags) -> (errno, IoMap)``;
@@ -105,8 +104,8 @@ class IomapOps:
     """
 
     iomap_begin: Callable[[Inode, int, int, int], tuple[int, IoMap | None]]
-    iomap_end: Callable[[Inode, int, int, int, int, IoMap], int] | None = None
-    end_io: Callable[[Kiocb, int, int, int], int] | None = None
+    iomap_end: Callable[[Inode, int, int, int, int, IoMap], int] | None
+    end_io: Callable[[Kiocb, int, int, int], int] | None
 
 
 @dataclass

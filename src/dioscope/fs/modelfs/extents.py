@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
@@ -56,19 +56,19 @@ EXT4_MAX_LOGICAL_BLOCK = 0xFFFFFFFE
 class GET_BLOCKS:
     """``EXT4_GET_BLOCKS_*`` (``fs/ext4/ext4.h``), the ones the model uses."""
 
-    CREATE = 0x0001
-    UNWRIT_EXT = 0x0002
-    CREATE_UNWRIT_EXT = UNWRIT_EXT | CREATE
-    PRE_IO = 0x0008
-    IO_CREATE_EXT = PRE_IO | CREATE_UNWRIT_EXT
+    CREATE: Final = 0x0001
+    UNWRIT_EXT: Final = 0x0002
+    CREATE_UNWRIT_EXT: Final = UNWRIT_EXT | CREATE
+    PRE_IO: Final = 0x0008
+    IO_CREATE_EXT: Final = PRE_IO | CREATE_UNWRIT_EXT
 
 
 class MAP:
     """``EXT4_MAP_*`` result flags."""
 
-    NEW = 1 << 0
-    MAPPED = 1 << 1
-    UNWRITTEN = 1 << 2
+    NEW: Final = 1 << 0
+    MAPPED: Final = 1 << 1
+    UNWRITTEN: Final = 1 << 2
 
 
 @dataclass

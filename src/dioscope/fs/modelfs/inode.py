@@ -234,9 +234,6 @@ class ModelFsIomapOps:
             inode.mark_metadata_dirty()
         return 0
 
-    dio_end_io = end_io
-    """The same callback under the name the filesystem side calls it."""
-
 
 # --- get_block (the legacy engine) --------------------------------------------------------------
 def ext4_get_block(inode: Inode, iblock: int, bh: BufferHead, create: int) -> int:
