@@ -183,6 +183,63 @@ def test_open_modes_trunc_and_odirect(k):
     assert p.statx(d)["mode"] == 0o040755
 
 
+# --- integer arguments, as os takes them ------------------------------------------------------
+I64 = np.int64
+INT_ARGS = [  # (call, args given buf, the direct-I/O file's fd): numpy integers are integers
+    ("pread", lambda b, fd: (fd, I64(b), I64(2 * P), I64(P))),
+    ("read", lambda b, fd: (fd, I64(b), I64(2 * P))),
+    ("preadv", lambda b, fd: (fd, [(I64(b), I64(P)), (I64(b + P), I64(P))], I64(P))),
+    ("preadv", lambda b, fd: (fd, np.array([[b, P], [b + P, P]]), P)),
+    ("preadv2", lambda b, fd: (fd, [(b, 2 * P)], I64(P), I64(0))),
+]
+NOT_INTS = [  # (call, args, what os would say): TypeError, nothing pinned, nothing moved
+    ("pread", lambda b, fd: (fd, b, 2.0 * P, 0), "float"),
+    ("pread", lambda b, fd: (fd, b, 2 * P, None), "NoneType"),
+    ("pread", lambda b, fd: (fd, str(b), 2 * P, 0), "str"),
+    ("write", lambda b, fd: (fd, b, float(P)), "float"),
+    ("preadv", lambda b, fd: (fd, [(b, float(P))], 0), "float"),
+    ("preadv", lambda b, fd: (fd, [(b,)], 0), "pair"),
+    ("preadv", lambda b, fd: (fd, [b, P], 0), "len"),
+    ("pwritev2", lambda b, fd: (fd, [(b, P)], 0, 0.0), "float"),
+]
+
+
+@pytest.mark.parametrize("call,args", INT_ARGS, ids=[c for c, _ in INT_ARGS])
+def test_numpy_integers_are_accepted_as_os_accepts_them(k, call, args):
+    """``os.pread(fd, np.int64(n), np.int64(off))`` works, and so does the model's: every
+    integer argument goes through ``operator.index``."""
+    fs = mkfs(k)
+    data = bytes(range(256)) * (4 * P // 256)
+    fs.create_file("a", 4 * P, data)
+    p = k.spawn()
+    fd = p.open("/a", os.O_RDWR | os.O_DIRECT)
+    b = user_buf(p, bytes(2 * P))
+    before = k.vmstat.pins()
+    assert getattr(p, call)(*args(b, fd)) == 2 * P
+    want = data[P : 3 * P] if call != "read" else data[: 2 * P]
+    assert p.read_user(b, 2 * P) == want
+    acquired, released = k.vmstat.pins()
+    assert acquired - before[0] == released - before[1]
+
+
+@pytest.mark.parametrize("call,args,what", NOT_INTS, ids=[f"{c}-{w}" for c, _, w in NOT_INTS])
+def test_an_argument_that_is_no_integer_raises_type_error_and_leaks_nothing(k, call, args, what):
+    fs = mkfs(k)
+    fs.create_file("a", 4 * P, b"\x5a" * 4 * P)
+    p = k.spawn()
+    fd = p.open("/a", os.O_RDWR | os.O_DIRECT)
+    b = user_buf(p, b"\x11" * 2 * P)
+    before = k.vmstat.pins()
+    refs = k.pgdat.pages.refcount.copy()
+    with pytest.raises(TypeError, match=what):
+        getattr(p, call)(*args(b, fd))
+    assert k.vmstat.pins() == before
+    assert np.array_equal(k.pgdat.pages.refcount, refs)
+    assert p.read_user(b, 2 * P) == b"\x11" * 2 * P
+    assert p.pread(fd, b, P, 0) == P  # the file and the descriptor are as they were
+    assert p.read_user(b, P) == b"\x5a" * P
+
+
 # --- buffered I/O ------------------------------------------------------------------------------
 WRITES = [(0, 1), (511, 600), (4095, 2), (4097, 10000), (12345, 300000), (P * 80, P),
           (1 << 20, 3)]

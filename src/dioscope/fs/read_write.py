@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from operator import index
+from typing import TYPE_CHECKING, SupportsIndex
 
 import numpy as np
 
@@ -63,14 +64,15 @@ def _access_ok(base: int, length: int) -> bool:
 
 
 def import_iovec(
-    rw: int, iov: Sequence[tuple[int, int]], mm: MmStruct
+    rw: int, iov: Sequence[Sequence[SupportsIndex]], mm: MmStruct
 ) -> tuple[int, IovIter | None]:
     """``import_iovec()``: check a user iovec array and make an iterator of it.
 
     More than UIO_MAXIOV segments or a negative (as ssize_t) length → -EINVAL; a segment
     outside user space → -EFAULT; the total is capped at MAX_RW_COUNT by shortening the
     segments that pass it. [6.x] a single segment becomes an ITER_UBUF.
-    Return: (total bytes or -errno, the iterator).
+    Return: (total bytes or -errno, the iterator). An entry that is not a pair of integers
+    raises ``TypeError``, as ``os.preadv`` does for a bad buffer (there is no C equivalent).
     """
     pgdat = mm.pgdat
     nr = len(iov)
@@ -78,7 +80,8 @@ def import_iovec(
         return -errno.EINVAL, None
     segs = np.zeros((nr, 2), np.int64)
     total = 0
-    for k, (base, length) in enumerate(iov):
+    for k, seg in enumerate(iov):
+        base, length = _iovec_entry(k, seg)
         if length < 0 or length > _SSIZE_MAX:
             return -errno.EINVAL, None
         if not _access_ok(base, length):
@@ -91,6 +94,13 @@ def import_iovec(
     if nr == 1 and pgdat.cfg.ITER_UBUF:
         return total, iov_iter_ubuf(pgdat, direction, int(segs[0, 0]), total, mm)
     return total, iov_iter_init(pgdat, direction, segs, nr, total, mm)
+
+
+def _iovec_entry(k: int, seg: Sequence[SupportsIndex]) -> tuple[int, int]:
+    """``copy_iovec_from_user()`` of one entry: the (iov_base, iov_len) pair as integers."""
+    if len(seg) != 2:
+        raise TypeError(f"iovec entry {k} must be an (address, length) pair, not {seg!r}")
+    return index(seg[0]), index(seg[1])
 
 
 def iocb_flags(f: File) -> int:

@@ -4,7 +4,9 @@
 User buffers are addresses in the process's model address space, and iovecs are lists of
 (address, length) pairs: ``preadv(fd, [(buf, 4096), (buf2, 512)], offset)``. Every call
 returns what the syscall returns, or raises ``OSError`` with the kernel's errno, as ``os``
-does; bad user input never raises anything else.
+does; bad user input never raises anything else, except that an argument that is not an
+integer at all raises ``TypeError``, as ``os`` does (integers pass through ``operator.index``:
+numpy's integers are as good as Python's).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Sequence
+from operator import index
 from typing import TYPE_CHECKING, Any
 
 from ..fs.fs_types import FMODE, OFLAG, File
@@ -101,11 +104,13 @@ class FileSyscalls:
     # --- read/write -----------------------------------------------------------------------
     def read(self, fd: int, buf: int, count: int) -> int:
         """``read(2)`` into user memory at ``buf``. Return: bytes read."""
-        return check(vfs_read_write(self._file(fd), buf, count, None, False, self.mm))
+        return check(vfs_read_write(self._file(fd), index(buf), index(count), None, False,
+                                    self.mm))
 
     def write(self, fd: int, buf: int, count: int) -> int:
         """``write(2)`` from user memory at ``buf``. Return: bytes written."""
-        return check(vfs_read_write(self._file(fd), buf, count, None, True, self.mm))
+        return check(vfs_read_write(self._file(fd), index(buf), index(count), None, True,
+                                    self.mm))
 
     def pread(self, fd: int, buf: int, count: int, offset: int) -> int:
         """``pread64(2)``."""
@@ -117,6 +122,7 @@ class FileSyscalls:
 
     def _pread_pwrite(self, fd: int, buf: int, count: int, offset: int, write: bool) -> int:
         f = self._file(fd)
+        buf, count, offset = index(buf), index(count), index(offset)
         if offset < 0:
             return -errno.EINVAL
         if not f.f_mode & FMODE_PREAD:
@@ -151,7 +157,9 @@ class FileSyscalls:
              write: bool) -> int:
         """``do_preadv()`` / ``do_pwritev()`` / ``do_readv()``: fd, offset, iovec import, I/O."""
         f = self._file(fd)
+        flags = index(flags)
         if offset is not None:
+            offset = index(offset)
             if offset < 0:
                 return -errno.EINVAL
             if not f.f_mode & FMODE_PREAD:
