@@ -4,6 +4,10 @@ The model mirrors the kernel tree (``dioscope/mm/gup.py`` models ``mm/gup.c``); 
 ARCHITECTURE.md for the codemap and DESIGN.md (shared) for the architecture.
 """
 
+from dioscope import _native
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__"]
+
+_native.install()

@@ -50,6 +50,7 @@ def _run(profile: str, shortcut: bool, first: int, n: int, write: bool, pin: boo
     return out
 
 
+@pytest.mark.pure
 @settings(max_examples=120, deadline=None)
 @given(profile=st.sampled_from(sorted(PROFILES)), first=st.integers(0, HPAGE_PMD_NR - 1),
        n=st.integers(1, 300), write=st.booleans(), pin=st.booleans(), forked=st.booleans(),
@@ -62,6 +63,7 @@ def test_shortcut_equals_the_general_walk(profile: str, first: int, n: int, writ
     assert fast == slow
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_pinning_part_of_a_thp_is_one_update_on_its_head(profile: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from mypy_extensions import mypyc_attr
+
 if TYPE_CHECKING:
     from ..block.devices import BlockDevice
     from ..lib.iov_iter import IovIter
@@ -255,6 +257,7 @@ def register_dio_engine(name: str, fn: Callable[..., int]) -> None:
     DIO_ENGINES[name] = fn
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # PipeInode is not compiled (dioscope._native)
 class Inode:
     """``struct inode`` fields the model uses; a filesystem subclasses or fills it."""
 

@@ -1,0 +1,98 @@
+"""``dioscope._native``: the compiled hot path is used only when it is the sources' own build."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dioscope import _native
+
+ABI = importlib.machinery.EXTENSION_SUFFIXES[0]
+MANIFEST = _native.NATIVE_DIR / "manifest.json"
+needs_build = pytest.mark.skipif(not MANIFEST.exists(),
+                                 reason="no compiled build in .native/ (make native)")
+
+
+def _tree(tmp_path: Path) -> tuple[Path, dict[str, object]]:
+    """A model source tree of two files and the manifest of a build of it."""
+    src = tmp_path / "src"
+    for rel, text in (("dioscope/__init__.py", "x = 1\n"), ("dioscope/mm/gup.py", "y = 2\n")):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(text)
+    sources = {rel: hashlib.sha256((src / rel).read_bytes()).hexdigest()
+               for rel in ("dioscope/__init__.py", "dioscope/mm/gup.py")}
+    return src, {"abi": ABI, "group": "g__mypyc", "modules": {}, "sources": sources}
+
+
+def test_a_build_of_these_very_sources_is_used(tmp_path: Path) -> None:
+    src, manifest = _tree(tmp_path)
+    assert _native.why_not(manifest, src) == ""
+
+
+@pytest.mark.parametrize("change,reason", [
+    ("edit", "dioscope/mm/gup.py changed since the build"),
+    ("remove", "dioscope/mm/gup.py is gone"),
+    ("add", "dioscope/mm/new.py is new since the build"),
+    ("abi", f"built for .cpython-39-x86_64-linux-gnu.so, this interpreter is {ABI}"),
+    ("no-sources", "manifest lists no sources"),
+])
+def test_any_difference_from_the_build_falls_back_to_pure_python(
+        tmp_path: Path, change: str, reason: str) -> None:
+    src, manifest = _tree(tmp_path)
+    gup = src / "dioscope/mm/gup.py"
+    if change == "edit":
+        gup.write_text("y = 3\n")  # one byte
+    elif change == "remove":
+        gup.unlink()
+    elif change == "add":
+        (src / "dioscope/mm/new.py").write_text("")
+    elif change == "abi":
+        manifest["abi"] = ".cpython-39-x86_64-linux-gnu.so"
+    else:
+        del manifest["sources"]
+    assert _native.why_not(manifest, src) == reason
+
+
+def _which(env: dict[str, str]) -> list[str]:
+    code = ("import dioscope._native as n, dioscope.block.bio as b, dioscope.syscalls.files as f;"
+            "print(n.ACTIVE, b.__file__.endswith('.so'), f.__file__.endswith('.py'), n.REASON)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    return out.stdout.split(maxsplit=3)
+
+
+@needs_build
+def test_the_current_build_is_loaded_and_dioscope_pure_turns_it_off() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DIOSCOPE_PURE"}
+    assert _which(env)[:3] == ["True", "True", "True"]  # files.py is never compiled
+    assert _which({**env, "DIOSCOPE_PURE": "1"}) == ["False", "False", "True",
+                                                     "DIOSCOPE_PURE is set\n"]
+    assert _which({**env, "DIOSCOPE_PURE": "0"})[0] == "True"
+
+
+@needs_build
+def test_a_stale_build_says_so_and_runs_the_sources(tmp_path: Path) -> None:
+    """A copy of the tree whose manifest recorded a different hash for one file."""
+    root = tmp_path / "tree"
+    shutil.copytree(_native.ROOT / "src", root / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(_native.NATIVE_DIR, root / ".native")
+    m = json.loads((root / ".native/manifest.json").read_text())
+    m["sources"]["dioscope/block/bvec.py"] = "0" * 64
+    (root / ".native/manifest.json").write_text(json.dumps(m))
+    env = {k: v for k, v in os.environ.items() if k != "DIOSCOPE_PURE"}
+    env["PYTHONPATH"] = str(root / "src")
+    code = "import dioscope._native as n, dioscope.block.bio as b; print(n.ACTIVE, b.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, cwd=tmp_path)
+    assert out.stdout == f"False {root / 'src/dioscope/block/bio.py'}\n"
+    assert out.stderr == ("dioscope: running pure Python: dioscope/block/bvec.py changed since "
+                          "the build; `make native` rebuilds the compiled hot path\n")

@@ -1,0 +1,112 @@
+"""Compile the Direct I/O hot path with mypyc into ``.native/`` (``make native``).
+
+The compiled modules are the very ``src/dioscope`` sources, turned into C by mypyc (part of
+mypy) and built by setuptools; nothing is rewritten by hand. ``dioscope._native`` loads them
+at import time, and only while ``.native/manifest.json`` still matches every model source
+byte for byte; otherwise, or with ``DIOSCOPE_PURE=1``, the interpreter runs the ``.py`` files.
+ARCHITECTURE.md ("Compiled hot path") says why and what it changes.
+
+Run from the repository root: ``python tools/build_native.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+OUT = ROOT / ".native"
+WORK = ROOT / "build" / "native"
+GROUP = "dioscope_native"
+
+# The modules one O_DIRECT syscall runs through (ARCHITECTURE.md lists why each is here).
+# Not here: anything that reads its own source (kernel/config.py uses inspect.getsource),
+# the harness (sanitizer, scheduler, scenarios, difftest, CLI), and cold setup code.
+NATIVE_MODULES = (
+    "block/bio.py",
+    "block/bio_completion.py",
+    "block/blk_core.py",
+    "block/blk_merge.py",
+    "block/blk_mq.py",
+    "block/blk_types.py",
+    "block/bvec.py",
+    "fs/fs_types.py",
+    "fs/iomap/direct_io.py",
+    "fs/modelfs/extents.py",
+    "fs/modelfs/file.py",
+    "fs/modelfs/inode.py",
+    "fs/read_write.py",
+    "kernel/task.py",
+    "kernel/xarray.py",
+    "lib/iov_iter.py",
+    "lib/iov_iter_pages.py",
+    "mm/gup.py",
+    "mm/gup_core.py",
+    "mm/page_writeback.py",
+)
+
+# Every model source: a change to any of them (a Final constant mypyc folded in, a class it
+# compiled against) makes the build stale, so the manifest hashes them all.
+MODEL_PACKAGES = ("kernel", "mm", "lib", "block", "fs", "syscalls")
+
+
+def model_sources() -> list[Path]:
+    pkg = SRC / "dioscope"
+    files = [pkg / "__init__.py"]
+    for sub in MODEL_PACKAGES:
+        files += sorted((pkg / sub).rglob("*.py"))
+    return files
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def main() -> int:
+    from mypyc.build import mypycify  # build-time only: mypy is in the [native] extra
+    from setuptools import setup
+
+    t0 = time.monotonic()
+    pkg = SRC / "dioscope"
+    paths = [str((pkg / m).relative_to(ROOT)) for m in NATIVE_MODULES]
+    hashes = {str(p.relative_to(SRC)): sha256(p) for p in model_sources()}
+    shutil.rmtree(OUT, ignore_errors=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    os.chdir(ROOT)
+    exts = mypycify(paths, opt_level="3", group_name=GROUP, target_dir=str(WORK / "c"))
+    os.chdir(WORK)  # away from pyproject.toml: this setup() builds extensions and nothing else
+    setup(
+        name="dioscope-native",
+        ext_modules=exts,
+        script_args=["-q", "build_ext", "--build-lib", str(OUT), "--build-temp",
+                     str(WORK / "tmp"), "--parallel", str(os.cpu_count() or 1)],
+    )
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    modules = {}
+    for m in NATIVE_MODULES:
+        name = "dioscope." + m.removesuffix(".py").replace("/", ".")
+        so = Path(*name.split(".")).with_name(name.rsplit(".", 1)[1] + suffix)
+        if not (OUT / so).exists():
+            print(f"build_native: {so} was not built", file=sys.stderr)
+            return 1
+        modules[name] = str(so)
+    group = f"{GROUP}__mypyc"
+    if not (OUT / (group + suffix)).exists():
+        print(f"build_native: {group}{suffix} was not built", file=sys.stderr)
+        return 1
+    manifest = {"abi": suffix, "group": group, "modules": modules, "sources": hashes}
+    (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    print(f"build_native: {len(modules)} modules compiled with mypyc into {OUT.name}/ "
+          f"in {time.monotonic() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
