@@ -37,6 +37,7 @@ NATIVE_MODULES = (
     "block/blk_mq.py",
     "block/blk_types.py",
     "block/bvec.py",
+    "fs/filemap_rw.py",
     "fs/fs_types.py",
     "fs/iomap/direct_io.py",
     "fs/modelfs/extents.py",
@@ -50,6 +51,7 @@ NATIVE_MODULES = (
     "mm/gup.py",
     "mm/gup_core.py",
     "mm/page_writeback.py",
+    "mm/truncate.py",
 )
 
 # Every model source: a change to any of them (a Final constant mypyc folded in, a class it

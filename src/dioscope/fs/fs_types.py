@@ -177,18 +177,25 @@ class STATX(enum.IntFlag):
 IOMAP_NULL_ADDR = -1
 
 
-@dataclass
 class IoMap:
-    """``struct iomap``: one mapping of a file range onto the disk."""
+    """``struct iomap``: one mapping of a file range onto the disk (a plain class, as
+    :class:`Kiocb`)."""
 
-    offset: int
-    """File offset (bytes) where the mapping starts."""
-    length: int
-    type: IOMAP_TYPE
-    addr: int = IOMAP_NULL_ADDR
-    """Disk address (bytes) of ``offset``, or IOMAP_NULL_ADDR for holes."""
-    flags: int = 0
-    bdev: BlockDevice | None = None
+    def __init__(self, offset: int, length: int, type: IOMAP_TYPE,
+                 addr: int = IOMAP_NULL_ADDR, flags: int = 0,
+                 bdev: BlockDevice | None = None) -> None:
+        self.offset = offset
+        """File offset (bytes) where the mapping starts."""
+        self.length = length
+        self.type = type
+        self.addr = addr
+        """Disk address (bytes) of ``offset``, or IOMAP_NULL_ADDR for holes."""
+        self.flags = flags
+        self.bdev = bdev
+
+    def __repr__(self) -> str:
+        return (f"IoMap(offset={self.offset}, length={self.length}, type={self.type!r}, "
+                f"addr={self.addr}, flags={self.flags:#x})")
 
 
 @dataclass
@@ -311,15 +318,17 @@ class File:
     last ``fput`` calls ``->release``."""
 
 
-@dataclass
 class Kiocb:
-    """``struct kiocb``: one I/O on a file at a position."""
+    """``struct kiocb``: one I/O on a file at a position. (A plain class, not a dataclass:
+    compiled, a dataclass keeps an interpreted ``__init__``; ARCHITECTURE.md.)"""
 
-    ki_filp: File
-    ki_pos: int
-    ki_flags: int = 0
-    ki_complete: Any = None
-    """None for a synchronous kiocb (``is_sync_kiocb``); the model's I/O is synchronous."""
+    def __init__(self, ki_filp: File, ki_pos: int, ki_flags: int = 0,
+                 ki_complete: Any = None) -> None:
+        self.ki_filp = ki_filp
+        self.ki_pos = ki_pos
+        self.ki_flags = ki_flags
+        self.ki_complete = ki_complete
+        """None for a synchronous kiocb (``is_sync_kiocb``); the model's I/O is synchronous."""
 
     def is_sync_kiocb(self) -> bool:
         return self.ki_complete is None

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from ...block.bio import (
@@ -108,19 +107,20 @@ class IomapOps(Protocol):
     end_io: Callable[[Kiocb, int, int, int], int] | None
 
 
-@dataclass
 class IomapDio:
-    """``struct iomap_dio``: one Direct I/O in flight."""
+    """``struct iomap_dio``: one Direct I/O in flight. (A plain class, not a dataclass:
+    compiled, a dataclass keeps an interpreted ``__init__``; ARCHITECTURE.md.)"""
 
-    iocb: Kiocb
-    i_size: int
-    flags: int = 0
-    size: int = 0
-    error: int = 0
-    ref: int = 1
-    bios: int = 0
-    zero_bios: int = 0
-    submitted: list[Bio] = field(default_factory=list)
+    def __init__(self, iocb: Kiocb, i_size: int) -> None:
+        self.iocb = iocb
+        self.i_size = i_size
+        self.flags = 0
+        self.size = 0
+        self.error = 0
+        self.ref = 1
+        self.bios = 0
+        self.zero_bios = 0
+        self.submitted: list[Bio] = []
 
 
 def _set_error(dio: IomapDio, ret: int) -> None:

@@ -29,7 +29,6 @@ long as the blocks are contiguous.
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
@@ -71,14 +70,19 @@ class MAP:
     UNWRITTEN: Final = 1 << 2
 
 
-@dataclass
 class MapResult:
-    """``struct ext4_map_blocks`` after the call: ``m_len`` blocks from ``m_pblk``."""
+    """``struct ext4_map_blocks`` after the call: ``m_len`` blocks from ``m_pblk``. (A plain
+    class, not a dataclass: compiled, a dataclass keeps an interpreted ``__init__``.)"""
 
-    m_lblk: int
-    m_len: int
-    m_pblk: int
-    m_flags: int
+    def __init__(self, m_lblk: int, m_len: int, m_pblk: int, m_flags: int) -> None:
+        self.m_lblk = m_lblk
+        self.m_len = m_len
+        self.m_pblk = m_pblk
+        self.m_flags = m_flags
+
+    def __repr__(self) -> str:
+        return (f"MapResult(m_lblk={self.m_lblk}, m_len={self.m_len}, m_pblk={self.m_pblk}, "
+                f"m_flags={self.m_flags:#x})")
 
 
 UNWRITTEN_BIT = 1 << 62
