@@ -68,6 +68,7 @@ from typing import Any
 import numpy as np
 
 from benchdir import bench_dir
+from dioscope import _native
 from dioscope.block.devices import FileDevice
 from dioscope.fs.fs_types import OFLAG
 from dioscope.fs.modelfs.super import ModelFs
@@ -305,9 +306,14 @@ def run() -> dict[str, dict[str, Any]]:
                       or fig["lat"] > GOAL_LATENCY or fig["lat_san"] > GOAL_LATENCY_SANITIZED)
             if missed:
                 got = ", ".join(f"{k} {v:.3f}" for k, v in fig.items())
-                print(f"bench_dio: a goal was missed ({got}); where the model's 4 KiB read "
-                      "goes:")
-                print(profile_4k(model))
+                if _native.ACTIVE:  # cProfile sees no compiled function
+                    print(f"bench_dio: a goal was missed ({got}); for where the model's 4 KiB "
+                          "read goes, run DIOSCOPE_PURE=1 .venv/bin/python bench/bench_dio.py "
+                          "--profile (pure Python), or perf record on the compiled hot path")
+                else:
+                    print(f"bench_dio: a goal was missed ({got}); where the model's 4 KiB read "
+                          "goes:")
+                    print(profile_4k(model))
         finally:
             model.close()
     finally:

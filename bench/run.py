@@ -108,8 +108,13 @@ def main(argv: list[str]) -> int:
     if not modules:
         console.print("no benchmarks found (bench/bench_*.py)")
 
-    merged: Figures = {}
-    owner: dict[str, str] = {}
+    from dioscope import _native  # after sys.path: the compiled hot path or not (ARCHITECTURE)
+
+    console.print("model: " + (f"compiled hot path ({len(_native.MODULES)} modules, mypyc)"
+                               if _native.ACTIVE else f"pure Python ({_native.REASON})"))
+    merged: Figures = {"model.native_modules": {"value": len(_native.MODULES),
+                                                "unit": "modules compiled"}}
+    owner: dict[str, str] = dict.fromkeys(merged, "run.py")
     failed: list[str] = []
     for name, path in modules.items():
         console.print(f"[bold]{name}[/bold] ...", end=" ")

@@ -130,7 +130,12 @@ def _gup_fast_unique(
             return -1
     else:
         fl = vma.pt_flags[s0 : s0 + nr_pages]
-        if len(fl) != nr_pages or fl.item(fl.argmin()) < need:
+        if len(fl) != nr_pages:
+            return -1
+        # Usually every PTE has the same flags: then one bytes comparison (uint8 flags)
+        # says so and the first byte is the minimum; otherwise find the minimum.
+        b = fl.tobytes()
+        if (b[0] if b == b[:1] * nr_pages else fl.item(fl.argmin())) < need:
             return -1
     pfns = vma.pt_pfn[s0 : s0 + nr_pages]
     k = try_grab_unique_small(pgdat, pfns, _FOLL_PIN if pin else _FOLL_GET, holder,
@@ -164,10 +169,12 @@ def _gup_fast_pmd(
     pgdat = mm.pgdat
     cfg = pgdat.cfg
     s0 = (start - vma.vm_start) >> PAGE_SHIFT
-    fl = vma.pt_flags[s0 : s0 + nr_pages]
-    f0 = fl.item(fl.argmin())  # (Python ints: numpy scalar arithmetic costs more)
+    b = vma.pt_flags[s0 : s0 + nr_pages].tobytes()  # uint8 flags, one per PTE
+    if b != b[:1] * nr_pages:  # not every page mapped the same way
+        return -1
+    f0 = b[0]
     need = _PMD_PRESENT_RW if write else _PMD_PRESENT
-    if f0 != fl.item(fl.argmax()) or (f0 & need) != need or f0 & _PTE_SPECIAL:
+    if (f0 & need) != need or f0 & _PTE_SPECIAL:
         return -1
     pfns = vma.pt_pfn[s0 : s0 + nr_pages]
     pfn0 = pfns.item(0)
