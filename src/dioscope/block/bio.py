@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import errno
 from itertools import pairwise
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -60,13 +60,13 @@ __all__ = [
     "bio_set_pages_dirty",
 ]
 
-UINT_MAX = 0xFFFFFFFF
+UINT_MAX: Final = 0xFFFFFFFF
 # Plain-int copies of the flags tested per call (IntFlag arithmetic is slow in Python).
-_BIO_CLONED = int(BIO_FLAG.BIO_CLONED)
-_BIO_PAGE_PINNED = int(BIO_FLAG.BIO_PAGE_PINNED)
-_BIO_NO_PAGE_REF = int(BIO_FLAG.BIO_NO_PAGE_REF)
+_BIO_CLONED: Final = int(BIO_FLAG.BIO_CLONED)
+_BIO_PAGE_PINNED: Final = int(BIO_FLAG.BIO_PAGE_PINNED)
+_BIO_NO_PAGE_REF: Final = int(BIO_FLAG.BIO_NO_PAGE_REF)
 _FOLL_PIN, _FOLL_GET = int(FOLL.FOLL_PIN), int(FOLL.FOLL_GET)
-_PG_DIRTY = np.uint32(PG.PG_dirty)
+_PG_DIRTY: Final = np.uint32(PG.PG_dirty)
 
 
 def bio_alloc(bdev: Any, nr_vecs: int, opf: int, pgdat: PgData | None = None) -> Bio | None:
@@ -198,7 +198,7 @@ def bio_release_pages(bio: Bio, mark_dirty: bool) -> None:
         gup_put_pages(pgdat, pages, _FOLL_GET, bio.holder, "bio_release_pages")
 
 
-_FEW_PAGES = 4
+_FEW_PAGES: Final = 4
 """Up to this many pages, the dirty-page passes walk plain ints instead of numpy arrays."""
 
 _FEW_BVECS = 4
@@ -533,7 +533,7 @@ def __bio_iov_iter_get_pages_6(bio: Bio, it: IovIter) -> int:
     return 0
 
 
-_RAMP_BYTES = np.arange(BIO_MAX_VECS, dtype=np.int64).tobytes()
+_RAMP_BYTES: Final = np.arange(BIO_MAX_VECS, dtype=np.int64).tobytes()
 """0, 1, ... BIO_MAX_VECS - 1 as int64 bytes: ``pages - pages[0]`` equals its first ``n``
 entries exactly when ``n`` pages are consecutive (one bytes comparison, cheaper than an
 array comparison and a reduction)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from ..kernel.trace import blk_fill_rwbs, trace_event
 from .blk_types import BIO_FLAG, BLK_STS, REQ_FLAG, REQ_OP, SECTOR_SHIFT, Bio
@@ -51,9 +51,9 @@ _BLK_ERRORS: dict[int, int] = {
     BLK_STS.BLK_STS_AGAIN: -errno.EAGAIN,
     BLK_STS.BLK_STS_INVAL: -errno.EINVAL,
 }
-_ERRNO_TO_STS = {v: k for k, v in _BLK_ERRORS.items()}
-_CHAIN = int(BIO_FLAG.BIO_CHAIN)
-_TRACE_COMPLETION = int(BIO_FLAG.BIO_TRACE_COMPLETION)
+_ERRNO_TO_STS: Final = {v: k for k, v in _BLK_ERRORS.items()}
+_CHAIN: Final = int(BIO_FLAG.BIO_CHAIN)
+_TRACE_COMPLETION: Final = int(BIO_FLAG.BIO_TRACE_COMPLETION)
 
 
 def blk_status_to_errno(status: int) -> int:
@@ -76,7 +76,8 @@ def bio_sectors(bio: Bio) -> int:
 
 # --- advancing ----------------------------------------------------------------------------
 _REQ_OP_SECURE_ERASE, _REQ_OP_WRITE_ZEROES = 5, 9
-_NO_ADVANCE_OPS = frozenset((REQ_OP.REQ_OP_DISCARD, _REQ_OP_SECURE_ERASE, _REQ_OP_WRITE_ZEROES))
+_NO_ADVANCE_OPS: Final = frozenset(
+    (REQ_OP.REQ_OP_DISCARD, _REQ_OP_SECURE_ERASE, _REQ_OP_WRITE_ZEROES))
 
 
 def _no_advance_iter(bio: Bio) -> bool:

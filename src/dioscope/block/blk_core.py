@@ -22,7 +22,7 @@ A plug (:func:`blk_start_plug` / :func:`blk_finish_plug`, as iomap's ``__iomap_d
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ..kernel.task import current
 from ..kernel.trace import blk_fill_rwbs, trace_event
@@ -33,7 +33,7 @@ from .blk_types import BIO_FLAG, BLK_STS, SECTOR_SHIFT, Bio
 if TYPE_CHECKING:
     from .devices import BlockDevice
 
-_TRACE_COMPLETION = int(BIO_FLAG.BIO_TRACE_COMPLETION)
+_TRACE_COMPLETION: Final = int(BIO_FLAG.BIO_TRACE_COMPLETION)
 
 __all__ = [
     "blk_finish_plug",

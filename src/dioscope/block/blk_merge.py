@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
@@ -55,12 +55,12 @@ __all__ = [
     "get_max_io_size",
 ]
 
-REQ_NOMERGE_FLAGS = int(REQ_FLAG.REQ_NOMERGE | REQ_FLAG.REQ_PREFLUSH | REQ_FLAG.REQ_FUA)
-_SPLIT_OPS = (int(REQ_OP.REQ_OP_READ), int(REQ_OP.REQ_OP_WRITE))
+REQ_NOMERGE_FLAGS: Final = int(REQ_FLAG.REQ_NOMERGE | REQ_FLAG.REQ_PREFLUSH | REQ_FLAG.REQ_FUA)
+_SPLIT_OPS: Final = (int(REQ_OP.REQ_OP_READ), int(REQ_OP.REQ_OP_WRITE))
 _REQ_ATOMIC, _REQ_NOWAIT = int(REQ_FLAG.REQ_ATOMIC), int(REQ_FLAG.REQ_NOWAIT)
-_REQ_NOMERGE = int(REQ_FLAG.REQ_NOMERGE)
+_REQ_NOMERGE: Final = int(REQ_FLAG.REQ_NOMERGE)
 _OP_FLUSH, _OP_DISCARD = int(REQ_OP.REQ_OP_FLUSH), int(REQ_OP.REQ_OP_DISCARD)
-_OP_ZONE_APPEND = int(REQ_OP.REQ_OP_ZONE_APPEND)
+_OP_ZONE_APPEND: Final = int(REQ_OP.REQ_OP_ZONE_APPEND)
 
 
 class ELEVATOR(enum.IntEnum):

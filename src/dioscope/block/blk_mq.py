@@ -30,7 +30,7 @@ driver flushes (the kernel runs a flush state machine, ``blk_insert_flush``).
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from ..kernel.task import TaskStruct, current, running, set_current
 from ..kernel.trace import blk_fill_rwbs, trace_event
@@ -52,13 +52,13 @@ __all__ = [
     "blk_update_request",
 ]
 
-BLK_PLUG_FLUSH_SIZE = 128 * 1024
+BLK_PLUG_FLUSH_SIZE: Final = 128 * 1024
 """A new request flushes the plug when the request before it is at least this big."""
-BLK_MAX_REQUEST_COUNT = 32
+BLK_MAX_REQUEST_COUNT: Final = 32
 """[5.16+] most requests a plug holds before it flushes; 16 before (the same plug rework as
 ``PLUG_MERGE_LAST_RQ``, Linux commit db1a6ab38f10's series)."""
-_FLUSH_FUA = int(REQ_FLAG.REQ_PREFLUSH | REQ_FLAG.REQ_FUA)
-_TRACE_COMPLETION = int(BIO_FLAG.BIO_TRACE_COMPLETION)
+_FLUSH_FUA: Final = int(REQ_FLAG.REQ_PREFLUSH | REQ_FLAG.REQ_FUA)
+_TRACE_COMPLETION: Final = int(BIO_FLAG.BIO_TRACE_COMPLETION)
 _OK, _IOERR = int(BLK_STS.BLK_STS_OK), int(BLK_STS.BLK_STS_IOERR)
 
 
@@ -266,7 +266,7 @@ def blk_mq_submit_bio(bio: Bio) -> None:
     _dispatch([rq])
 
 
-_MERGE_BLOCKERS = int(REQ_FLAG.REQ_NOMERGE | REQ_FLAG.REQ_PREFLUSH | REQ_FLAG.REQ_FUA)
+_MERGE_BLOCKERS: Final = int(REQ_FLAG.REQ_NOMERGE | REQ_FLAG.REQ_PREFLUSH | REQ_FLAG.REQ_FUA)
 
 
 def blk_add_rq_to_plug(plug: BlkPlug, rq: Request) -> None:

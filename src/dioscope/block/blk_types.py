@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import numpy as np
 
@@ -36,10 +36,10 @@ __all__ = [
     "BvecIter",
 ]
 
-SECTOR_SHIFT = 9
-BIO_MAX_VECS = 256
+SECTOR_SHIFT: Final = 9
+BIO_MAX_VECS: Final = 256
 """``BIO_MAX_PAGES`` [5.9], renamed ``BIO_MAX_VECS`` [5.12]; the value is 256 in both."""
-BIO_INLINE_VECS = 4
+BIO_INLINE_VECS: Final = 4
 
 
 class REQ_OP(enum.IntEnum):
@@ -73,7 +73,7 @@ class REQ_FLAG(enum.IntFlag):
     """[6.11+] untorn write; traced as ``U`` by ``blk_fill_rwbs``."""
 
 
-REQ_OP_MASK = 0xFF
+REQ_OP_MASK: Final = 0xFF
 
 
 class BIO_FLAG(enum.IntFlag):

@@ -12,6 +12,8 @@ Everything is vectorised: one numpy call per step, never a Python object per bve
 
 from __future__ import annotations
 
+from typing import Final
+
 import numpy as np
 
 from ..kernel.types import PAGE_SHIFT
@@ -19,8 +21,8 @@ from .blk_types import BvecIter
 
 __all__ = ["SMALL", "bvec_iter_advance", "bvec_iter_list", "bvec_iter_phys", "bvec_iter_rows"]
 
-_LO32 = 0xFFFFFFFF
-SMALL = 16
+_LO32: Final = 0xFFFFFFFF
+SMALL: Final = 16
 """Up to this many bvec rows, plain Python over ``tolist()`` beats numpy calls."""
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -51,12 +51,12 @@ __all__ = [
     "generic_write_sync",
 ]
 
-BATCH = 256
+BATCH: Final = 256
 """Pages per step of a buffered read or write (1 MiB)."""
-LLONG_MAX = (1 << 63) - 1
-_MASK = PAGE_SIZE - 1
-_UPTODATE = np.uint32(PG.PG_uptodate)
-_UNLOCK = np.uint32(~PG.PG_locked & 0xFFFFFFFF)
+LLONG_MAX: Final = (1 << 63) - 1
+_MASK: Final = PAGE_SIZE - 1
+_UPTODATE: Final = np.uint32(PG.PG_uptodate)
+_UNLOCK: Final = np.uint32(~PG.PG_locked & 0xFFFFFFFF)
 
 DirectIO = Callable[[Kiocb, IovIter], int]
 """``a_ops->direct_IO(iocb, iter)``: a Direct I/O that leaves ``ki_pos`` alone."""
@@ -272,9 +272,9 @@ def generic_perform_write(iocb: Kiocb, it: IovIter) -> int:
     return written if written else status
 
 
-_IOCB_APPEND = int(IOCB.IOCB_APPEND)
-_IOCB_NOWAIT = int(IOCB.IOCB_NOWAIT)
-_IOCB_DIRECT = int(IOCB.IOCB_DIRECT)
+_IOCB_APPEND: Final = int(IOCB.IOCB_APPEND)
+_IOCB_NOWAIT: Final = int(IOCB.IOCB_NOWAIT)
+_IOCB_DIRECT: Final = int(IOCB.IOCB_DIRECT)
 
 
 def generic_write_checks(iocb: Kiocb, it: IovIter) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from mypy_extensions import mypyc_attr
 
@@ -45,9 +45,9 @@ __all__ = [
     "register_dio_engine",
 ]
 
-S_IFREG = 0o100000
-S_IFDIR = 0o040000
-S_IFBLK = 0o060000
+S_IFREG: Final = 0o100000
+S_IFDIR: Final = 0o040000
+S_IFBLK: Final = 0o060000
 
 
 class OFLAG(enum.IntFlag):
@@ -68,7 +68,7 @@ class OFLAG(enum.IntFlag):
     O_SYNC = 0o4010000  # __O_SYNC | O_DSYNC
 
 
-O_ACCMODE = 0o3
+O_ACCMODE: Final = 0o3
 
 
 class FMODE(enum.IntFlag):
@@ -174,7 +174,7 @@ class STATX(enum.IntFlag):
     STATX_DIOALIGN = 0x2000  # [6.1+]
 
 
-IOMAP_NULL_ADDR = -1
+IOMAP_NULL_ADDR: Final = -1
 
 
 class IoMap:

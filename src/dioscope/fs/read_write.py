@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Sequence
 from operator import index
-from typing import TYPE_CHECKING, SupportsIndex
+from typing import TYPE_CHECKING, Final, SupportsIndex
 
 import numpy as np
 
@@ -37,21 +37,23 @@ __all__ = [
     "rw_verify_area",
 ]
 
-_SSIZE_MAX = (1 << 63) - 1
-_RWF_SUPPORTED = (
+_SSIZE_MAX: Final = (1 << 63) - 1
+_RWF_SUPPORTED: Final = (
     RWF.RWF_HIPRI | RWF.RWF_DSYNC | RWF.RWF_SYNC | RWF.RWF_NOWAIT | RWF.RWF_APPEND
     | RWF.RWF_NOAPPEND | RWF.RWF_ATOMIC | RWF.RWF_DONTCACHE
 )
-_RWF_SUPPORTED_59 = RWF.RWF_HIPRI | RWF.RWF_DSYNC | RWF.RWF_SYNC | RWF.RWF_NOWAIT | RWF.RWF_APPEND
+_RWF_SUPPORTED_59: Final = (
+    RWF.RWF_HIPRI | RWF.RWF_DSYNC | RWF.RWF_SYNC | RWF.RWF_NOWAIT | RWF.RWF_APPEND
+)
 # Plain-int copies of the flags used per call (IntFlag arithmetic is slow in Python).
-_NOT_SUPPORTED = ~int(_RWF_SUPPORTED)
-_NOT_SUPPORTED_59 = ~int(_RWF_SUPPORTED_59)
+_NOT_SUPPORTED: Final = ~int(_RWF_SUPPORTED)
+_NOT_SUPPORTED_59: Final = ~int(_RWF_SUPPORTED_59)
 _O_APPEND, _O_DIRECT, _O_DSYNC = int(OFLAG.O_APPEND), int(OFLAG.O_DIRECT), int(OFLAG.O_DSYNC)
-_O_SYNC_ONLY = int(OFLAG.O_SYNC) & ~int(OFLAG.O_DSYNC)
+_O_SYNC_ONLY: Final = int(OFLAG.O_SYNC) & ~int(OFLAG.O_DSYNC)
 _IOCB_APPEND, _IOCB_DIRECT = int(IOCB.IOCB_APPEND), int(IOCB.IOCB_DIRECT)
 _IOCB_DSYNC, _IOCB_SYNC = int(IOCB.IOCB_DSYNC), int(IOCB.IOCB_SYNC)
 _IOCB_NOWAIT, _IOCB_HIPRI = int(IOCB.IOCB_NOWAIT), int(IOCB.IOCB_HIPRI)
-_IOCB_WRITE = int(IOCB.IOCB_WRITE)
+_IOCB_WRITE: Final = int(IOCB.IOCB_WRITE)
 _RWF_NOWAIT, _RWF_ATOMIC, _RWF_HIPRI = int(RWF.RWF_NOWAIT), int(RWF.RWF_ATOMIC), int(RWF.RWF_HIPRI)
 _RWF_DSYNC, _RWF_SYNC = int(RWF.RWF_DSYNC), int(RWF.RWF_SYNC)
 _RWF_APPEND, _RWF_NOAPPEND = int(RWF.RWF_APPEND), int(RWF.RWF_NOAPPEND)

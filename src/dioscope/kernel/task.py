@@ -38,7 +38,7 @@ class IOPRIO_CLASS:
     IOPRIO_CLASS_INVALID: Final = 7
 
 
-IOPRIO_CLASS_SHIFT = 13
+IOPRIO_CLASS_SHIFT: Final = 13
 
 
 def ioprio_prio_value(klass: int, level: int, hint: int = 0) -> int:
@@ -46,7 +46,7 @@ def ioprio_prio_value(klass: int, level: int, hint: int = 0) -> int:
     return (klass << IOPRIO_CLASS_SHIFT) | (hint << 3) | level
 
 
-IOPRIO_DEFAULT = ioprio_prio_value(IOPRIO_CLASS.IOPRIO_CLASS_BE, 4)
+IOPRIO_DEFAULT: Final = ioprio_prio_value(IOPRIO_CLASS.IOPRIO_CLASS_BE, 4)
 """What ``get_current_ioprio()`` gives a task that never called ioprio_set(): best effort,
 level ``(nice + 20) / 5`` = 4 at nice 0. Traced as ``be,0,4``."""
 

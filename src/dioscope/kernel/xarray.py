@@ -9,13 +9,15 @@ per entry; queries and updates are vectorized per chunk.
 
 from __future__ import annotations
 
+from typing import Final
+
 import numpy as np
 
 __all__ = ["XA_CHUNK", "XArray"]
 
-XA_CHUNK_SHIFT = 15
-XA_CHUNK = 1 << XA_CHUNK_SHIFT
-_MASK = XA_CHUNK - 1
+XA_CHUNK_SHIFT: Final = 15
+XA_CHUNK: Final = 1 << XA_CHUNK_SHIFT
+_MASK: Final = XA_CHUNK - 1
 
 
 class XArray:

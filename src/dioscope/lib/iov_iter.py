@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -74,8 +74,8 @@ __all__ = [
     "iov_iter_zero",
 ]
 
-ITER_DEST = 0  # READ
-ITER_SOURCE = 1  # WRITE
+ITER_DEST: Final = 0  # READ
+ITER_SOURCE: Final = 1  # WRITE
 
 
 class ITER_TYPE(enum.IntEnum):
@@ -99,7 +99,7 @@ ITER_PIPE = ITER_TYPE.ITER_PIPE
 ITER_DISCARD = ITER_TYPE.ITER_DISCARD
 
 
-_IOV_ITER_FIELDS = (
+_IOV_ITER_FIELDS: Final = (
     "_seg",
     "count",
     "data_source",

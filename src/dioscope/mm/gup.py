@@ -15,6 +15,7 @@ strictly in address order; the return is the number of pages taken, or -errno on
 from __future__ import annotations
 
 import errno
+from typing import Final
 
 import numpy as np
 
@@ -55,28 +56,28 @@ __all__ = [
     "unpin_user_pages_dirty_lock",
 ]
 
-_U64 = (1 << 64) - 1
-_FOLL_WRITE = int(FOLL.FOLL_WRITE)
-_FOLL_GET = int(FOLL.FOLL_GET)
-_FOLL_PIN = int(FOLL.FOLL_PIN)
-_FOLL_FORCE = int(FOLL.FOLL_FORCE)
-_FOLL_LONGTERM = int(FOLL.FOLL_LONGTERM)
-_FOLL_FAST_ONLY = int(FOLL.FOLL_FAST_ONLY)
-_FOLL_NOFAULT = int(FOLL.FOLL_NOFAULT)
-_FOLL_REMOTE = int(FOLL.FOLL_REMOTE)
-_FOLL_TOUCH = int(FOLL.FOLL_TOUCH)
-_VM_WRITE = int(VM.VM_WRITE)
-_PG_ANON = np.uint32(PG.PG_anon)
-_PG_ANON_EXCLUSIVE = np.uint32(PG.PG_anon_exclusive)
-_PG_ANON_BOTH = np.uint32(PG.PG_anon | PG.PG_anon_exclusive)
+_U64: Final = (1 << 64) - 1
+_FOLL_WRITE: Final = int(FOLL.FOLL_WRITE)
+_FOLL_GET: Final = int(FOLL.FOLL_GET)
+_FOLL_PIN: Final = int(FOLL.FOLL_PIN)
+_FOLL_FORCE: Final = int(FOLL.FOLL_FORCE)
+_FOLL_LONGTERM: Final = int(FOLL.FOLL_LONGTERM)
+_FOLL_FAST_ONLY: Final = int(FOLL.FOLL_FAST_ONLY)
+_FOLL_NOFAULT: Final = int(FOLL.FOLL_NOFAULT)
+_FOLL_REMOTE: Final = int(FOLL.FOLL_REMOTE)
+_FOLL_TOUCH: Final = int(FOLL.FOLL_TOUCH)
+_VM_WRITE: Final = int(VM.VM_WRITE)
+_PG_ANON: Final = np.uint32(PG.PG_anon)
+_PG_ANON_EXCLUSIVE: Final = np.uint32(PG.PG_anon_exclusive)
+_PG_ANON_BOTH: Final = np.uint32(PG.PG_anon | PG.PG_anon_exclusive)
 # Python-int copies of page-table flags for tests on ``.item()`` values (a numpy scalar in
 # the expression makes it numpy scalar arithmetic, several times slower).
-_PMD_PRESENT = int(PTE_PRESENT | PTE_PMD)
-_PMD_PRESENT_RW = int(PTE_PRESENT | PTE_PMD | PTE_RW)
-_PTE_PMD = int(PTE_PMD)
-_PTE_SPECIAL = int(PTE_SPECIAL)
-_PTE_FAST_WRITE = int(PTE_FAST_WRITE)
-_PTE_FAST_READ = int(PTE_FAST_READ)
+_PMD_PRESENT: Final = int(PTE_PRESENT | PTE_PMD)
+_PMD_PRESENT_RW: Final = int(PTE_PRESENT | PTE_PMD | PTE_RW)
+_PTE_PMD: Final = int(PTE_PMD)
+_PTE_SPECIAL: Final = int(PTE_SPECIAL)
+_PTE_FAST_WRITE: Final = int(PTE_FAST_WRITE)
+_PTE_FAST_READ: Final = int(PTE_FAST_READ)
 
 
 def _gup_fast_shortcuts(
@@ -192,12 +193,12 @@ def _gup_fast_pmd(
     return nr_pages
 
 
-_FAST_ALLOWED_59 = (
+_FAST_ALLOWED_59: Final = (
     _FOLL_WRITE | _FOLL_LONGTERM | _FOLL_FORCE | _FOLL_PIN | _FOLL_GET
     | FOLL.FOLL_FAST_ONLY
 )
-_FAST_ALLOWED_6X = _FAST_ALLOWED_59 | FOLL.FOLL_NOFAULT
-_INTERNAL_GUP_FLAGS_6X = int(
+_FAST_ALLOWED_6X: Final = _FAST_ALLOWED_59 | FOLL.FOLL_NOFAULT
+_INTERNAL_GUP_FLAGS_6X: Final = int(
     _FOLL_TOUCH | _FOLL_REMOTE | _FOLL_PIN | _FOLL_FAST_ONLY
 )
 """``INTERNAL_GUP_FLAGS`` [6.x] (with FOLL_TRIED, FOLL_UNLOCKABLE, FOLL_MADV_POPULATE,

@@ -20,6 +20,7 @@ scatter.
 from __future__ import annotations
 
 import enum
+from typing import Final
 
 import numpy as np
 
@@ -41,7 +42,7 @@ __all__ = [
     "unpin_user_folio",
 ]
 
-INT32_MAX = (1 << 31) - 1
+INT32_MAX: Final = (1 << 31) - 1
 
 
 class FOLL(enum.IntFlag):
@@ -106,7 +107,7 @@ def _first_failing(pre: np.ndarray, heads: np.ndarray, inc: np.ndarray) -> int:
     return int(order[bad].min())
 
 
-_FOLL_PIN = int(FOLL.FOLL_PIN)
+_FOLL_PIN: Final = int(FOLL.FOLL_PIN)
 
 
 def _wrap32(v: int) -> int:
@@ -239,8 +240,8 @@ def try_grab_pages(
     return n
 
 
-_BIAS = np.full(512, 1024, np.int32)
-_ONES = np.ones(512, np.int32)
+_BIAS: Final = np.full(512, 1024, np.int32)
+_ONES: Final = np.ones(512, np.int32)
 
 
 def try_grab_unique_small(

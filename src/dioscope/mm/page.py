@@ -29,6 +29,7 @@ with -1 for NULL. No Python object exists per page.
 from __future__ import annotations
 
 import enum
+from typing import Final
 
 import numpy as np
 
@@ -39,10 +40,10 @@ __all__ = [
     "PageArray",
 ]
 
-GUP_PIN_COUNTING_BIAS = 1024
+GUP_PIN_COUNTING_BIAS: Final = 1024
 """``include/linux/mm.h``: one FOLL_PIN on a page without an exact pincount adds this."""
 
-NULL_PFN = -1
+NULL_PFN: Final = -1
 
 
 class PG(enum.IntFlag):

@@ -27,7 +27,7 @@ open file, as fsync reports it).
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -60,20 +60,20 @@ __all__ = [
     "writeback_prepare",
 ]
 
-AS_EIO = 1 << 0
-AS_ENOSPC = 1 << 1
-LLONG_MAX = (1 << 63) - 1
+AS_EIO: Final = 1 << 0
+AS_ENOSPC: Final = 1 << 1
+LLONG_MAX: Final = (1 << 63) - 1
 
-_DIRTY = np.uint32(PG.PG_dirty)
-_WRITEBACK = np.uint32(PG.PG_writeback)
-_DIRTY_OR_WRITEBACK = np.uint32(PG.PG_dirty | PG.PG_writeback)
-_NOT_DIRTY = np.uint32(~PG.PG_dirty & 0xFFFFFFFF)
-_NOT_WRITEBACK = np.uint32(~PG.PG_writeback & 0xFFFFFFFF)
+_DIRTY: Final = np.uint32(PG.PG_dirty)
+_WRITEBACK: Final = np.uint32(PG.PG_writeback)
+_DIRTY_OR_WRITEBACK: Final = np.uint32(PG.PG_dirty | PG.PG_writeback)
+_NOT_DIRTY: Final = np.uint32(~PG.PG_dirty & 0xFFFFFFFF)
+_NOT_WRITEBACK: Final = np.uint32(~PG.PG_writeback & 0xFFFFFFFF)
 
 # --- errseq_t (lib/errseq.c) ----------------------------------------------------------------
-MAX_ERRNO = 4095
-ERRSEQ_SEEN = 1 << 12
-ERRSEQ_CTR_INC = 1 << 13
+MAX_ERRNO: Final = 4095
+ERRSEQ_SEEN: Final = 1 << 12
+ERRSEQ_CTR_INC: Final = 1 << 13
 
 
 def errseq_set(mapping: Any, err: int) -> int:

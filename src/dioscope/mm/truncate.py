@@ -21,7 +21,7 @@ when nothing else holds it.
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -43,7 +43,7 @@ __all__ = [
     "truncate_pagecache_range",
 ]
 
-_MAX_INDEX = (1 << 62) - 1
+_MAX_INDEX: Final = (1 << 62) - 1
 
 
 def _zero_partial(mapping: AddressSpace, index: int, start: int, end: int) -> None:

@@ -48,7 +48,7 @@ __all__ = [
     "ext4_map_blocks",
 ]
 
-EXT4_MAX_LOGICAL_BLOCK = 0xFFFFFFFE
+EXT4_MAX_LOGICAL_BLOCK: Final = 0xFFFFFFFE
 """Largest file block of an extent-mapped file (``fs/ext4/ext4.h``)."""
 
 
@@ -85,10 +85,10 @@ class MapResult:
                 f"m_flags={self.m_flags:#x})")
 
 
-UNWRITTEN_BIT = 1 << 62
+UNWRITTEN_BIT: Final = 1 << 62
 """Model-only: the unwritten flag rides in bit 62 of a block-map entry (ext4 keeps it in the
 top bit of ``ee_len``), so "contiguous on disk and in the same state" is ``entry + 1``."""
-_PBLK_MASK = UNWRITTEN_BIT - 1
+_PBLK_MASK: Final = UNWRITTEN_BIT - 1
 
 
 def _decode(enc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,9 +96,9 @@ def _decode(enc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(mapped, enc & _PBLK_MASK, -1), mapped & ((enc & UNWRITTEN_BIT) != 0)
 
 
-_RAMP = np.arange(XA_CHUNK, dtype=np.int64)
+_RAMP: Final = np.arange(XA_CHUNK, dtype=np.int64)
 """0, 1, 2, ...: block i of a contiguous run holds first + i."""
-_RAMP_BYTES = _RAMP.tobytes()
+_RAMP_BYTES: Final = _RAMP.tobytes()
 
 
 class ExtentMap:

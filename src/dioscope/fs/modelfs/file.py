@@ -17,7 +17,7 @@ No engine registered is a RuntimeError (a model set-up error, never a user error
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ...kernel.types import PAGE_SHIFT, PAGE_SIZE
 from ...lib.iov_iter import ITER_SOURCE, IovIter, iov_iter_alignment, iov_iter_count
@@ -51,18 +51,18 @@ __all__ = [
     "vfs_fallocate_checks",
 ]
 
-LLONG_MAX = (1 << 63) - 1
-IOMAP_DIO_FORCE_WAIT = 1 << 0
+LLONG_MAX: Final = (1 << 63) - 1
+IOMAP_DIO_FORCE_WAIT: Final = 1 << 0
 """``dio_flags`` of ``iomap_dio_rw()`` (``include/linux/iomap.h``, v5.15+; 5.9 passed
 ``wait_for_completion``): wait even for an async kiocb."""
 
-FALLOC_FL_SUPPORTED_MASK = int(
+FALLOC_FL_SUPPORTED_MASK: Final = int(
     FALLOC.FALLOC_FL_KEEP_SIZE | FALLOC.FALLOC_FL_PUNCH_HOLE | FALLOC.FALLOC_FL_COLLAPSE_RANGE
     | FALLOC.FALLOC_FL_ZERO_RANGE | FALLOC.FALLOC_FL_INSERT_RANGE
     | FALLOC.FALLOC_FL_UNSHARE_RANGE)
 """``FALLOC_FL_SUPPORTED_MASK`` (``include/linux/falloc.h``) as of 5.9; SIMPLIFIED: 6.17's
 FALLOC_FL_WRITE_ZEROES is treated as unknown (-EOPNOTSUPP) in every profile."""
-_EXT4_FALLOC = int(
+_EXT4_FALLOC: Final = int(
     FALLOC.FALLOC_FL_KEEP_SIZE | FALLOC.FALLOC_FL_PUNCH_HOLE | FALLOC.FALLOC_FL_COLLAPSE_RANGE
     | FALLOC.FALLOC_FL_ZERO_RANGE | FALLOC.FALLOC_FL_INSERT_RANGE)
 

@@ -25,7 +25,7 @@ Choices (each as ext4 does it with its default ``dioread_nolock``, unless SIMPLI
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
@@ -68,13 +68,13 @@ __all__ = [
     "ext4_truncate_failed_write",
 ]
 
-IOMAP_DIO_UNWRITTEN = 1 << 0
+IOMAP_DIO_UNWRITTEN: Final = 1 << 0
 """``IOMAP_DIO_UNWRITTEN`` (``include/linux/iomap.h``): the Direct I/O wrote unwritten
 blocks; ``end_io`` must convert them."""
 
 # Plain-int copies of the enum flags used per call (IntFlag arithmetic is slow in Python).
-_IOMAP_WRITE = int(IOMAP_OP.IOMAP_WRITE)
-_IOMAP_WRITE_OR_DIRECT = int(IOMAP_OP.IOMAP_WRITE) | int(IOMAP_OP.IOMAP_DIRECT)
+_IOMAP_WRITE: Final = int(IOMAP_OP.IOMAP_WRITE)
+_IOMAP_WRITE_OR_DIRECT: Final = int(IOMAP_OP.IOMAP_WRITE) | int(IOMAP_OP.IOMAP_DIRECT)
 _IOMAP_F_NEW, _IOMAP_F_DIRTY = int(IOMAP_FLAGS.IOMAP_F_NEW), int(IOMAP_FLAGS.IOMAP_F_DIRTY)
 
 
