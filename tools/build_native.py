@@ -44,14 +44,20 @@ NATIVE_MODULES = (
     "fs/modelfs/file.py",
     "fs/modelfs/inode.py",
     "fs/read_write.py",
+    "kernel/events.py",
+    "kernel/hooks.py",
     "kernel/task.py",
     "kernel/xarray.py",
     "lib/iov_iter.py",
     "lib/iov_iter_pages.py",
     "mm/gup.py",
     "mm/gup_core.py",
+    "mm/mm_types.py",
+    "mm/page.py",
+    "mm/page_alloc.py",
     "mm/page_writeback.py",
     "mm/truncate.py",
+    "mm/vmstat.py",
 )
 
 # Every model source: a change to any of them (a Final constant mypyc folded in, a class it

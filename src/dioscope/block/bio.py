@@ -372,11 +372,10 @@ class _BioDirtyList:
 
 
 def _dirty_list(pgdat: PgData) -> _BioDirtyList:
-    lst = getattr(pgdat, "_bio_dirty_list", None)
+    lst = pgdat.bio_dirty_list
     if lst is None:
-        lst = _BioDirtyList()
-        pgdat._bio_dirty_list = lst  # type: ignore[attr-defined]
-    return lst
+        lst = pgdat.bio_dirty_list = _BioDirtyList()
+    return lst  # type: ignore[no-any-return]
 
 
 def bio_dirty_deferred(pgdat: PgData) -> int:

@@ -13,6 +13,8 @@ BUG event, like ``bad_page()`` which takes such a page out of circulation.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..kernel.config import Profile, get_profile
@@ -58,6 +60,9 @@ class PgData:
         self.hooks = Hooks()
         self.system_wq = WorkQueue("events")
         """``system_wq``: deferred work (e.g. ``bio_dirty_fn``) of this machine."""
+        self.bio_dirty_list: Any = None
+        """``bio_dirty_list`` of ``block/bio.c`` (a kernel global, so one per machine): made
+        by the block layer the first time a bio's pages are re-dirtied in process context."""
         self.vmstat = VmStat()
         self.pages = PageArray(nr_pages)
         self.mem = PhysMem(nr_pages)
