@@ -99,6 +99,7 @@ def _decode(enc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 _RAMP: Final = np.arange(XA_CHUNK, dtype=np.int64)
 """0, 1, 2, ...: block i of a contiguous run holds first + i."""
 _RAMP_BYTES: Final = _RAMP.tobytes()
+_INT64_MAX: Final = (1 << 63) - 1
 
 
 class ExtentMap:
@@ -133,10 +134,15 @@ class ExtentMap:
             if enc is None:
                 enc = self.xa.dense(at, at + step)
             step = len(enc)
-            # 0, 1, 2, ... while the run goes on. (In two steps: ``first + length`` may not
-            # fit an int64 when ``first`` carries UNWRITTEN_BIT; ``enc - first`` always does.)
-            rel = enc - first
-            rel -= length
+            # 0, 1, 2, ... while the run goes on. (``first + length`` may not fit an int64 when
+            # ``first`` carries UNWRITTEN_BIT, at the top of the block field; then in two
+            # steps, as ``enc - first`` always fits.)
+            base = first + length
+            if base <= _INT64_MAX:
+                rel = enc - base
+            else:
+                rel = enc - first
+                rel -= length
             if rel.tobytes() == _RAMP_BYTES[: 8 * step]:
                 k = step
             else:
