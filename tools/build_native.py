@@ -44,6 +44,7 @@ NATIVE_MODULES = (
     "fs/modelfs/file.py",
     "fs/modelfs/inode.py",
     "fs/read_write.py",
+    "kernel/config.py",
     "kernel/events.py",
     "kernel/hooks.py",
     "kernel/task.py",

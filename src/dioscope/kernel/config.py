@@ -238,15 +238,20 @@ DEFAULT_PROFILE = PROFILE_5_9_PIN
 
 
 def switch_docs() -> dict[str, str]:
-    """Each switch's docstring (what it stands for, with its commit), read from this file."""
+    """Each switch's docstring (what it stands for, with its commit), read from this file's
+    source (found next to the package's ``__init__.py``: this module may be compiled,
+    ARCHITECTURE.md "Compiled hot path")."""
     import ast
-    import inspect
     import itertools
+    from pathlib import Path
 
-    tree = ast.parse(inspect.getsource(Profile))
+    import dioscope
+
+    source = (Path(dioscope.__file__).parent / "kernel" / "config.py").read_text()
+    tree = ast.parse(source)
+    cls = next(s for s in tree.body if isinstance(s, ast.ClassDef) and s.name == "Profile")
     docs: dict[str, str] = {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for stmt, nxt in itertools.pairwise(body):
+    for stmt, nxt in itertools.pairwise(cls.body):
         if (
             isinstance(stmt, ast.AnnAssign)
             and isinstance(stmt.target, ast.Name)
