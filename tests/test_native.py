@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.machinery
+import importlib.util
 import json
 import os
 import shutil
@@ -119,3 +121,26 @@ def test_compiled_and_pure_runs_of_one_workload_agree_to_the_last_count(profile:
     assert [r[0] for r in runs] == ["True", "False"]
     assert runs[0][1] == runs[1][1]
     assert "('data_errors', 0)" in runs[0][1] and "('sanitizer', 'clean')" in runs[0][1]
+
+
+def _native_modules() -> list[Path]:
+    spec = importlib.util.spec_from_file_location("build_native",
+                                                  _native.ROOT / "tools" / "build_native.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return [_native.ROOT / "src" / "dioscope" / m for m in mod.NATIVE_MODULES]
+
+
+def test_no_compiled_dataclass_leaves_a_field_to_its_class_default() -> None:
+    """A dataclass field with ``init=False`` keeps its default only as a class attribute,
+    which a compiled (native) class does not give its instances: reading it raises
+    AttributeError (seen with ``Fault.fired`` in block/devices.py, kept interpreted)."""
+    offenders = []
+    for path in _native_modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "field"
+                    and any(k.arg == "init" for k in node.keywords)):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
+    assert len(_native_modules()) >= 20
