@@ -49,3 +49,29 @@ def _map(*extents: tuple[int, int, int, bool]) -> ExtentMap:
 def test_run(extents: list[tuple[int, int, int, bool]], lblk: int, n: int,
              want: tuple[int, int, bool]) -> None:
     assert _map(*extents).run(lblk, n) == want
+
+
+@pytest.mark.parametrize(("change", "want"), [
+    ("none", (256, 1000, False)),
+    ("set", (10, 1000, False)),        # blocks 10.. now map elsewhere
+    ("set-unwritten", (256, 1000, True)),
+    ("convert", (256, 1000, False)),   # the unwritten run becomes written
+    ("remove", (256, -1, False)),      # unmapped: a hole as long as asked
+])
+def test_the_remembered_run_goes_with_any_change(change: str, want: tuple[int, int, bool]) -> None:
+    """run() answers a repeated lookup from memory (the extent status tree's role) but never
+    after the map changed: each mutator forgets it, and the answer is the map's again."""
+    m = _map((0, 1000, 256, change == "convert"))
+    first = m.run(0, 256)
+    assert m.run(0, 256) == first == m.walk(0, 256)
+    if change == "set":
+        m.set(10, 9000, 5, False)
+    elif change == "set-unwritten":
+        m.set(0, 1000, 256, True)
+    elif change == "convert":
+        assert m.convert(0, 256) == 256
+    elif change == "remove":
+        m.remove(0, 256)
+    got = m.run(0, 256)
+    assert got == m.walk(0, 256)
+    assert got == want

@@ -104,12 +104,21 @@ _INT64_MAX: Final = (1 << 63) - 1
 
 class ExtentMap:
     """The block map of one file: per file block, the disk block (or a hole) and whether
-    it is unwritten, kept sparse (:class:`~dioscope.kernel.xarray.XArray`)."""
+    it is unwritten, kept sparse (:class:`~dioscope.kernel.xarray.XArray`).
 
-    __slots__ = ("xa",)
+    :meth:`run` remembers its last answer until the map changes: ext4_map_blocks() asks the
+    extent status tree (``ext4_es_lookup_extent()``, ``fs/ext4/extents_status.c``) before
+    the extent tree, so a Direct I/O write's second lookup of its range (ext4_overwrite_io(),
+    then ext4_iomap_begin()) costs next to nothing there. SIMPLIFIED: one remembered run,
+    not a tree of every extent looked up; the answers are the same.
+    """
+
+    __slots__ = ("_es", "xa")
 
     def __init__(self) -> None:
         self.xa = XArray()
+        self._es: tuple[int, int, tuple[int, int, bool]] | None = None
+        """(lblk, n, run(lblk, n)) of the last lookup; None once the map changed."""
 
     def lookup(self, lblk: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(disk blocks or -1, unwritten bits) of file blocks ``[lblk, lblk + n)``."""
@@ -122,6 +131,15 @@ class ExtentMap:
     def run(self, lblk: int, n: int) -> tuple[int, int, bool]:
         """The run at ``lblk`` capped at ``n`` blocks: (length, first disk block or -1,
         unwritten). A hole runs to the next mapped block."""
+        es = self._es
+        if es is not None and es[0] == lblk and es[1] == n:
+            return es[2]
+        res = self.walk(lblk, n)
+        self._es = (lblk, n, res)
+        return res
+
+    def walk(self, lblk: int, n: int) -> tuple[int, int, bool]:
+        """:meth:`run` read from the map itself (``ext4_ext_map_blocks()``)."""
         first = self.xa.get(lblk)
         if first < 0:
             nxt = self.xa.next_present(lblk, lblk + n)
@@ -159,6 +177,7 @@ class ExtentMap:
 
     def set(self, lblk: int, pblk: int, n: int, unwritten: bool) -> None:
         """Map file blocks ``[lblk, lblk + n)`` onto disk blocks ``[pblk, pblk + n)``."""
+        self._es = None
         enc = np.arange(pblk, pblk + n, dtype=np.int64)
         if unwritten:
             enc |= UNWRITTEN_BIT
@@ -169,11 +188,13 @@ class ExtentMap:
         idx, enc = self.xa.find(lblk, lblk + n)
         unw = (enc & UNWRITTEN_BIT) != 0
         if unw.any():
+            self._es = None
             self.xa.store(idx[unw], enc[unw] & _PBLK_MASK)
         return int(unw.sum())
 
     def remove(self, lblk: int, end: int) -> np.ndarray:
         """Unmap file blocks ``[lblk, end)``. Return: the disk blocks they had."""
+        self._es = None
         _idx, enc = self.xa.erase_range(lblk, end)
         return enc & _PBLK_MASK
 
