@@ -81,23 +81,33 @@ def test_the_current_build_is_loaded_and_dioscope_pure_turns_it_off() -> None:
 
 
 @needs_build
-def test_a_stale_build_says_so_and_runs_the_sources(tmp_path: Path) -> None:
-    """A copy of the tree whose manifest recorded a different hash for one file."""
+@pytest.mark.parametrize("damage,reason", [
+    ("stale", "dioscope/block/bvec.py changed since the build"),
+    ("list", "malformed manifest"),
+    ("no-modules", "malformed manifest"),
+    ("truncated", "unreadable manifest (Expecting value: line 1 column 1 (char 0))"),
+])
+def test_a_stale_or_broken_build_says_so_and_runs_the_sources(
+        tmp_path: Path, damage: str, reason: str) -> None:
+    """A copy of the tree whose manifest recorded a different hash for one file, or is no
+    manifest at all: the model imports as pure Python, with one line on stderr."""
     root = tmp_path / "tree"
     shutil.copytree(_native.ROOT / "src", root / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copytree(_native.NATIVE_DIR, root / ".native")
     m = json.loads((root / ".native/manifest.json").read_text())
     m["sources"]["dioscope/block/bvec.py"] = "0" * 64
-    (root / ".native/manifest.json").write_text(json.dumps(m))
+    text = {"stale": json.dumps(m), "list": "[]", "truncated": "",
+            "no-modules": json.dumps({k: v for k, v in m.items() if k != "modules"})}[damage]
+    (root / ".native/manifest.json").write_text(text)
     env = {k: v for k, v in os.environ.items() if k != "DIOSCOPE_PURE"}
     env["PYTHONPATH"] = str(root / "src")
     code = "import dioscope._native as n, dioscope.block.bio as b; print(n.ACTIVE, b.__file__)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True, cwd=tmp_path)
     assert out.stdout == f"False {root / 'src/dioscope/block/bio.py'}\n"
-    assert out.stderr == ("dioscope: running pure Python: dioscope/block/bvec.py changed since "
-                          "the build; `make native` rebuilds the compiled hot path\n")
+    assert out.stderr == (f"dioscope: running pure Python: {reason}; `make native` rebuilds "
+                          "the compiled hot path\n")
 
 
 @needs_build

@@ -95,13 +95,17 @@ def install() -> None:
         REASON = "no compiled build (make native)"
         return
     except (OSError, ValueError) as e:
-        REASON = f"unreadable manifest: {e}"
-        return
-    REASON = why_not(manifest)
+        manifest = f"unreadable manifest ({e})"
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("modules"), dict) \
+            or not isinstance(manifest.get("group"), str):
+        REASON = manifest if isinstance(manifest, str) else "malformed manifest"
+    else:
+        REASON = why_not(manifest)
     if REASON:
         print(f"dioscope: running pure Python: {REASON}; `make native` rebuilds the "
               f"compiled hot path", file=sys.stderr)
         return
+    assert isinstance(manifest, dict)
     modules: dict[str, str] = manifest["modules"]
     paths = {name: NATIVE_DIR / rel for name, rel in modules.items()}
     paths[manifest["group"]] = NATIVE_DIR / (manifest["group"] + manifest["abi"])
