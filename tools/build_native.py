@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.machinery
+import importlib.util
 import io
 import json
 import os
@@ -21,6 +22,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -63,15 +65,24 @@ NATIVE_MODULES = (
     "mm/vmstat.py",
 )
 
-# Every model source: a change to any of them (a Final constant mypyc folded in, a class it
-# compiled against) makes the build stale, so the manifest hashes them all.
-MODEL_PACKAGES = ("kernel", "mm", "lib", "block", "fs", "syscalls")
+
+def _native_module() -> ModuleType:
+    """``src/dioscope/_native.py`` on its own (importing ``dioscope`` would consult the very
+    build this script replaces): the packages a build is checked against."""
+    spec = importlib.util.spec_from_file_location("_dioscope_native", SRC / "dioscope" /
+                                                  "_native.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def model_sources() -> list[Path]:
     pkg = SRC / "dioscope"
     files = [pkg / "__init__.py"]
-    for sub in MODEL_PACKAGES:
+    # Every model source: a change to any of them (a Final constant mypyc folded in, a class
+    # it compiled against) makes the build stale, so the manifest hashes them all.
+    for sub in _native_module().MODEL_PACKAGES:
         files += sorted((pkg / sub).rglob("*.py"))
     return files
 

@@ -33,6 +33,9 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parents[2]
 NATIVE_DIR = ROOT / ".native"
 
+MODEL_PACKAGES = ("kernel", "mm", "lib", "block", "fs", "syscalls")
+"""The packages whose every source a build is checked against (with ``__init__.py``)."""
+
 ACTIVE = False
 """True when the compiled modules are the ones imported."""
 REASON = "not loaded yet"
@@ -74,7 +77,7 @@ def why_not(manifest: dict[str, object], src: Path = ROOT / "src") -> str:
         if hashlib.sha256(data).hexdigest() != digest:
             return f"{rel} changed since the build"
     pkg = src / "dioscope"
-    for sub in ("kernel", "mm", "lib", "block", "fs", "syscalls"):
+    for sub in MODEL_PACKAGES:
         for p in (pkg / sub).rglob("*.py"):
             if str(p.relative_to(src)) not in built:
                 return f"{p.relative_to(src)} is new since the build"
