@@ -75,7 +75,8 @@ def bio_sectors(bio: Bio) -> int:
 
 
 # --- advancing ----------------------------------------------------------------------------
-_REQ_OP_SECURE_ERASE, _REQ_OP_WRITE_ZEROES = 5, 9
+_REQ_OP_SECURE_ERASE: Final = 5
+_REQ_OP_WRITE_ZEROES: Final = 9
 _NO_ADVANCE_OPS: Final = frozenset(
     (REQ_OP.REQ_OP_DISCARD, _REQ_OP_SECURE_ERASE, _REQ_OP_WRITE_ZEROES))
 

@@ -66,7 +66,8 @@ _EXT4_FALLOC: Final = int(
     FALLOC.FALLOC_FL_KEEP_SIZE | FALLOC.FALLOC_FL_PUNCH_HOLE | FALLOC.FALLOC_FL_COLLAPSE_RANGE
     | FALLOC.FALLOC_FL_ZERO_RANGE | FALLOC.FALLOC_FL_INSERT_RANGE)
 
-_IOCB_DIRECT, _IOCB_NOWAIT = int(IOCB.IOCB_DIRECT), int(IOCB.IOCB_NOWAIT)  # plain ints: fast
+_IOCB_DIRECT: Final = int(IOCB.IOCB_DIRECT)
+_IOCB_NOWAIT: Final = int(IOCB.IOCB_NOWAIT)
 
 # --- fallocate ----------------------------------------------------------------------------------
 def vfs_fallocate_checks(file: File, mode: int, offset: int, length: int) -> int:

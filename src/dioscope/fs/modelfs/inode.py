@@ -75,7 +75,8 @@ blocks; ``end_io`` must convert them."""
 # Plain-int copies of the enum flags used per call (IntFlag arithmetic is slow in Python).
 _IOMAP_WRITE: Final = int(IOMAP_OP.IOMAP_WRITE)
 _IOMAP_WRITE_OR_DIRECT: Final = int(IOMAP_OP.IOMAP_WRITE) | int(IOMAP_OP.IOMAP_DIRECT)
-_IOMAP_F_NEW, _IOMAP_F_DIRTY = int(IOMAP_FLAGS.IOMAP_F_NEW), int(IOMAP_FLAGS.IOMAP_F_DIRTY)
+_IOMAP_F_NEW: Final = int(IOMAP_FLAGS.IOMAP_F_NEW)
+_IOMAP_F_DIRTY: Final = int(IOMAP_FLAGS.IOMAP_F_DIRTY)
 
 
 class ModelFsInode(Inode):
