@@ -12,7 +12,6 @@ Run from the repository root: ``python tools/build_native.py``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.machinery
 import importlib.util
 import io
@@ -68,27 +67,13 @@ NATIVE_MODULES = (
 
 def _native_module() -> ModuleType:
     """``src/dioscope/_native.py`` on its own (importing ``dioscope`` would consult the very
-    build this script replaces): the packages a build is checked against."""
+    build this script replaces): how a build's sources are hashed."""
     spec = importlib.util.spec_from_file_location("_dioscope_native", SRC / "dioscope" /
                                                   "_native.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def model_sources() -> list[Path]:
-    pkg = SRC / "dioscope"
-    files = [pkg / "__init__.py"]
-    # Every model source: a change to any of them (a Final constant mypyc folded in, a class
-    # it compiled against) makes the build stale, so the manifest hashes them all.
-    for sub in _native_module().MODEL_PACKAGES:
-        files += sorted((pkg / sub).rglob("*.py"))
-    return files
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def main() -> int:
@@ -98,7 +83,9 @@ def main() -> int:
     t0 = time.monotonic()
     pkg = SRC / "dioscope"
     paths = [str((pkg / m).relative_to(ROOT)) for m in NATIVE_MODULES]
-    hashes = {str(p.relative_to(SRC)): sha256(p) for p in model_sources()}
+    # Every model source: a change to any of them (a Final constant mypyc folded in, a class
+    # it compiled against) makes the build stale, so the manifest hashes them all.
+    hashes = _native_module().source_digests(SRC)
     shutil.rmtree(OUT, ignore_errors=True)
     WORK.mkdir(parents=True, exist_ok=True)
     os.chdir(ROOT)

@@ -59,6 +59,18 @@ class _NativeFinder(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, so, loader=loader)
 
 
+def source_digests(src: Path = ROOT / "src") -> dict[str, str]:
+    """SHA-256 of every model source under ``src`` (``dioscope/__init__.py`` and the
+    :data:`MODEL_PACKAGES`), by path relative to ``src``: what a build records and what
+    :func:`why_not` compares it with."""
+    pkg = src / "dioscope"
+    files = [pkg / "__init__.py"]
+    for sub in MODEL_PACKAGES:
+        files += sorted((pkg / sub).rglob("*.py"))
+    return {str(p.relative_to(src)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in files}
+
+
 def why_not(manifest: dict[str, object], src: Path = ROOT / "src") -> str:
     """Empty if the build that ``manifest`` describes can run the sources under ``src``,
     else the reason it cannot."""
@@ -68,20 +80,14 @@ def why_not(manifest: dict[str, object], src: Path = ROOT / "src") -> str:
     sources = manifest.get("sources")
     if not isinstance(sources, dict):
         return "manifest lists no sources"
-    built = set(sources)
+    now = source_digests(src)
     for rel, digest in sources.items():
-        try:
-            data = (src / rel).read_bytes()
-        except OSError:
+        if rel not in now:
             return f"{rel} is gone"
-        if hashlib.sha256(data).hexdigest() != digest:
+        if now[rel] != digest:
             return f"{rel} changed since the build"
-    pkg = src / "dioscope"
-    for sub in MODEL_PACKAGES:
-        for p in (pkg / sub).rglob("*.py"):
-            if str(p.relative_to(src)) not in built:
-                return f"{p.relative_to(src)} is new since the build"
-    return ""
+    new = sorted(set(now) - set(sources))
+    return f"{new[0]} is new since the build" if new else ""
 
 
 def install() -> None:

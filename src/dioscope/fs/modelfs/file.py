@@ -66,6 +66,7 @@ _EXT4_FALLOC: Final = int(
     FALLOC.FALLOC_FL_KEEP_SIZE | FALLOC.FALLOC_FL_PUNCH_HOLE | FALLOC.FALLOC_FL_COLLAPSE_RANGE
     | FALLOC.FALLOC_FL_ZERO_RANGE | FALLOC.FALLOC_FL_INSERT_RANGE)
 
+# Plain-int copies of the flags tested per call (IntFlag arithmetic is slow in Python).
 _IOCB_DIRECT: Final = int(IOCB.IOCB_DIRECT)
 _IOCB_NOWAIT: Final = int(IOCB.IOCB_NOWAIT)
 
